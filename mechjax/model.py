@@ -1,0 +1,273 @@
+"""The forward pass: one pure function for attention-only toys and Gemma 1/2/3.
+
+    forward(params, tokens, cfg, edits=())                    -> logits [batch, pos, vocab]
+    run_with_stream(params, tokens, cfg, capture, edits=())   -> (logits, Stream)
+
+Layers run under `lax.scan` over the stacked block parameters; per-layer differences
+(local/global attention, RoPE base) are data indexed by the layer. At every named site
+(`mechjax.sites`) the pass applies the edits aimed at it and records it if captured.
+Inputs are validated in Python before any compiled code runs (inside jit, JAX would
+clamp an out-of-range token id silently).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import layers
+from .config import ModelConfig
+from .edits import Edit, check_edits
+from .params import Params, check_params, unembedding
+from .sites import SITES, resolve_capture
+from .stream import Stream
+
+_NO_WINDOW = np.iinfo(np.int32).max
+
+
+class _SiteHooks:
+    """Applies the edits aimed at each site and records the sites being captured."""
+
+    def __init__(self, capture: tuple[str, ...], edits: tuple[Edit, ...], layer_index=None):
+        self.capture = capture
+        self.edits = edits
+        self.layer_index = layer_index
+        self.captured: dict[str, jax.Array] = {}
+
+    def wants(self, name: str) -> bool:
+        return name in self.capture or any(e.site == name for e in self.edits)
+
+    def __call__(self, name: str, value: jax.Array) -> jax.Array:
+        for edit in self.edits:
+            if edit.site == name:
+                value = edit.apply(value, self.layer_index)
+        if name in self.capture:
+            self.captured[name] = value
+        return value
+
+    def record(self, name: str, value: jax.Array) -> None:
+        if name in self.capture:
+            self.captured[name] = value
+
+
+def _attention(h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks):
+    """One attention sub-block. h [batch, pos, d_model] (already normed)."""
+    B, P, _ = h.shape
+    K, G, E = cfg.n_kv_heads, cfg.group_size, cfg.d_head
+    q = jnp.einsum("bpd,hde->bphe", h, lp["W_Q"])
+    k = jnp.einsum("bpd,kde->bpke", h, lp["W_K"])
+    v = jnp.einsum("bpd,kde->bpke", h, lp["W_V"])
+    if cfg.use_attn_bias:
+        q, k, v = q + lp["b_Q"], k + lp["b_K"], v + lp["b_V"]
+    if cfg.qk_norm:
+        q = norm(q, norm.scale(q), lp["q_norm_w"])
+        k = norm(k, norm.scale(k), lp["k_norm_w"])
+    if cfg.positional == "rope":
+        q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
+    q, k, v = site("q", q), site("k", k), site("v", v)
+
+    # query head h belongs to key/value group h // G (HF's repeat_kv order)
+    scores = jnp.einsum("bqkge,bske->bkgqs", q.reshape(B, P, K, G, E), k).reshape(B, -1, P, P)
+    scores = layers.softcap(scores * cfg.attn_scale, cfg.attn_logit_softcap)
+    scores = jnp.where(layers.attention_mask(P, window), scores, -jnp.inf)
+    scores = site("scores", scores)
+    pattern = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(h.dtype)
+    pattern = site("pattern", pattern)
+    z = jnp.einsum("bkgqs,bske->bqkge", pattern.reshape(B, K, G, P, P), v).reshape(B, P, -1, E)
+    z = site("z", z)
+
+    per_head = site.wants("head_out") or site.wants("head_writes")
+    if per_head:
+        head_out = site("head_out", jnp.einsum("bphe,hed->bphd", z, lp["W_O"]))
+        attn_raw = head_out.sum(axis=2)
+    else:
+        attn_raw = jnp.einsum("bphe,hed->bpd", z, lp["W_O"])
+    bias = lp["b_O"] if cfg.use_attn_bias else jnp.zeros((cfg.d_model,), h.dtype)
+    attn_raw = attn_raw + bias
+
+    if cfg.post_attn_norm:
+        # the post-norm is linear once its scale is frozen: each head's write is the
+        # norm's linear part applied to that head's output, the bias term takes the rest
+        scale = site("ln1_post_scale", norm.scale(attn_raw))
+        attn_out = norm(attn_raw, scale, lp["ln1_post_w"], lp.get("ln1_post_b"))
+        if site.wants("head_writes"):
+            site.record(
+                "head_writes", norm.linear(head_out, scale[:, :, None, :], lp["ln1_post_w"])
+            )
+            bias_write = norm(
+                jnp.broadcast_to(bias, attn_raw.shape),
+                scale,
+                lp["ln1_post_w"],
+                lp.get("ln1_post_b"),
+            )
+            site.record("attn_bias_writes", bias_write)
+    else:
+        attn_out = attn_raw
+        if site.wants("head_writes"):
+            site.record("head_writes", head_out)
+            site.record("attn_bias_writes", jnp.broadcast_to(bias, attn_raw.shape))
+    return site("attn_out", attn_out)
+
+
+def _mlp(h, lp, cfg: ModelConfig, norm, site: _SiteHooks):
+    """One MLP sub-block. h [batch, pos, d_model] (already normed)."""
+    pre = jnp.einsum("bpd,dm->bpm", h, lp["W_in"])
+    if cfg.use_mlp_bias:
+        pre = pre + lp["b_in"]
+    if cfg.gated_mlp:
+        gate = site("mlp_pre", jnp.einsum("bpd,dm->bpm", h, lp["W_gate"]))
+        post = layers.activation(cfg.act_fn, gate) * site("mlp_pre_linear", pre)
+    else:
+        post = layers.activation(cfg.act_fn, site("mlp_pre", pre))
+        if cfg.act_fn == "solu":  # SoLU is followed by its own LayerNorm (Elhage et al. 2022)
+            scale = layers.norm_scale(post, centre=True, eps=cfg.norm_eps)
+            post = (
+                layers.apply_norm_linear(post, scale, lp["ln_mlp_w"], centre=True) + lp["ln_mlp_b"]
+            )
+    post = site("mlp_post", post)
+    out = jnp.einsum("bpm,md->bpd", post, lp["W_out"])
+    if cfg.use_mlp_bias:
+        out = out + lp["b_out"]
+    if cfg.post_mlp_norm:
+        scale = site("ln2_post_scale", norm.scale(out))
+        out = norm(out, scale, lp["ln2_post_w"], lp.get("ln2_post_b"))
+    return site("mlp_out", out)
+
+
+def _block(resid, lp, cos, sin, window, cfg: ModelConfig, site: _SiteHooks):
+    norm = layers.Norm(cfg)
+    has_norm = cfg.normalization != "none"
+    resid = site("resid_pre", resid)
+    h = resid
+    if has_norm:
+        h = norm(resid, site("ln1_scale", norm.scale(resid)), lp["ln1_w"], lp.get("ln1_b"))
+    resid = resid + _attention(h, lp, cos, sin, window, cfg, norm, site)
+    if cfg.attn_only:
+        return site("resid_post", resid)
+    resid = site("resid_mid", resid)
+    h = resid
+    if has_norm:
+        h = norm(resid, site("ln2_scale", norm.scale(resid)), lp["ln2_w"], lp.get("ln2_b"))
+    return site("resid_post", resid + _mlp(h, lp, cfg, norm, site))
+
+
+def _run(
+    params: Params, tokens, cfg: ModelConfig, capture: tuple[str, ...], edits: tuple[Edit, ...]
+):
+    """The traced forward pass (no validation). Returns (logits, captured dict)."""
+    dtype = jnp.dtype(cfg.dtype)
+    B, P = tokens.shape
+    global_edits = tuple(e for e in edits if not SITES[e.site][0])
+    layer_edits = tuple(e for e in edits if SITES[e.site][0])
+    top = _SiteHooks(capture, global_edits)
+
+    embed = jnp.take(params["W_E"], tokens, axis=0) * jnp.asarray(cfg.embed_scale, dtype)
+    resid = top("embed", embed)
+    if cfg.positional == "learned":
+        resid = resid + top("pos_embed", jnp.broadcast_to(params["W_pos"][:P], (B, P, cfg.d_model)))
+
+    stacked: dict[str, jax.Array] = {}
+    if cfg.n_layers:
+        cos, sin = layers.rope_tables(cfg, P) if cfg.positional == "rope" else (None, None)
+        windows = np.array(
+            [cfg.sliding_window if t == "local" else _NO_WINDOW for t in cfg.resolved_layer_types],
+            np.int32,
+        )
+        xs = dict(lp=params["blocks"], layer=jnp.arange(cfg.n_layers), window=windows)
+        if cos is not None:
+            xs.update(cos=cos, sin=sin)
+
+        def body(resid, x):
+            hooks = _SiteHooks(capture, layer_edits, x["layer"])
+            resid = _block(resid, x["lp"], x.get("cos"), x.get("sin"), x["window"], cfg, hooks)
+            return resid, hooks.captured
+
+        # small models unroll fully (faster on CPU); large ones keep one compiled layer
+        unroll = cfg.n_layers if cfg.n_layers <= 4 else 1
+        resid, stacked = jax.lax.scan(body, resid, xs, unroll=unroll)
+
+    resid = top("final_resid", resid)
+    h = resid
+    if cfg.normalization != "none" and cfg.final_norm:
+        norm = layers.Norm(cfg)
+        h = norm(
+            resid,
+            top("ln_final_scale", norm.scale(resid)),
+            params["ln_final_w"],
+            params.get("ln_final_b"),
+        )
+    logits = jnp.einsum("bpd,dv->bpv", h, unembedding(params))
+    if cfg.use_unembed_bias:
+        logits = logits + params["b_U"]
+    logits = layers.softcap(logits, cfg.final_logit_softcap)
+    return logits, {**top.captured, **stacked}
+
+
+_run_jit = jax.jit(_run, static_argnums=(2, 3))
+
+
+# -- validation at the boundary -------------------------------------------------------------
+
+
+def check_tokens(tokens, cfg: ModelConfig) -> None:
+    """Raise a ValueError for tokens the model cannot take (before compiled code runs)."""
+    if not hasattr(tokens, "shape") or not hasattr(tokens, "dtype"):
+        raise ValueError(
+            f"tokens must be an integer array [batch, pos], got {type(tokens).__name__}"
+        )
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(
+            f"tokens must have an integer dtype, got {tokens.dtype}; cast with .astype(int)"
+        )
+    if tokens.ndim != 2:
+        raise ValueError(
+            f"tokens must have shape [batch, pos], got {tokens.ndim}-D shape {tuple(tokens.shape)}; "
+            "for one sequence use tokens[None]"
+        )
+    if tokens.shape[1] < 1:
+        raise ValueError("tokens has no positions")
+    if cfg.positional == "learned" and tokens.shape[1] > cfg.n_ctx:
+        raise ValueError(
+            f"sequence length {tokens.shape[1]} exceeds the learned positional table "
+            f"(n_ctx={cfg.n_ctx}); truncate the input to {cfg.n_ctx} tokens"
+        )
+    if not isinstance(tokens, jax.core.Tracer):
+        values = np.asarray(tokens)
+        if values.size and (values.min() < 0 or values.max() >= cfg.d_vocab):
+            bad = values[(values < 0) | (values >= cfg.d_vocab)]
+            raise ValueError(
+                f"token ids must lie in [0, {cfg.d_vocab}) (d_vocab={cfg.d_vocab}); found "
+                f"{np.unique(bad)[:10].tolist()}"
+            )
+
+
+def _prepare(params, tokens, cfg, edits):
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"cfg must be a mechjax.ModelConfig, got {type(cfg).__name__}")
+    check_tokens(tokens, cfg)
+    check_params(params, cfg)
+    edits = (edits,) if isinstance(edits, Edit) else tuple(edits or ())
+    check_edits(edits, cfg)
+    return jnp.asarray(tokens, jnp.int32), edits
+
+
+def forward(params: Params, tokens, cfg: ModelConfig, *, edits=()) -> jax.Array:
+    """logits [batch, pos, vocab] (after the final soft-cap, if the model has one)."""
+    tokens, edits = _prepare(params, tokens, cfg, edits)
+    return _run_jit(params, tokens, cfg, (), edits)[0]
+
+
+def run_with_stream(params: Params, tokens, cfg: ModelConfig, *, capture="writes", edits=()):
+    """Run the model and return `(logits, Stream)`.
+
+    `capture` chooses what the stream keeps: "writes" (default; every write into the
+    residual stream, the final norm's frozen scale and the attention patterns), "all"
+    (every site of `mechjax.sites`), or a list of names. Per-layer values are stacked
+    with a leading `layer` axis, e.g. `stream["head_writes"] [layer, batch, pos, head,
+    d_model]`.
+    """
+    tokens, edits = _prepare(params, tokens, cfg, edits)
+    names = resolve_capture(capture, cfg)
+    logits, captured = _run_jit(params, tokens, cfg, names, edits)
+    return logits, Stream(captured)

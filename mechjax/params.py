@@ -1,0 +1,176 @@
+"""Parameters as plain pytrees with the names researchers know.
+
+```
+params = {
+  "W_E":   [vocab, d_model]
+  "W_pos": [n_ctx, d_model]                     (learned positions only)
+  "W_U":   [d_model, vocab]                     (absent when embeddings are tied: W_E.T)
+  "b_U":   [vocab]                              (use_unembed_bias)
+  "ln_final_w", "ln_final_b": [d_model]         (final norm; _b for LayerNorm only)
+  "blocks": {                                   (every leaf has a leading `layer` axis)
+    "W_Q": [layer, head, d_model, d_head]     "b_Q": [layer, head, d_head]
+    "W_K": [layer, kv_head, d_model, d_head]  "b_K": [layer, kv_head, d_head]
+    "W_V": [layer, kv_head, d_model, d_head]  "b_V": [layer, kv_head, d_head]
+    "W_O": [layer, head, d_head, d_model]     "b_O": [layer, d_model]
+    "ln1_w", "ln1_b", "ln2_w", "ln2_b": [layer, d_model]        pre-attention / pre-MLP
+    "ln1_post_w", "ln2_post_w": [layer, d_model]                 Gemma 2/3 post-norms
+    "q_norm_w", "k_norm_w": [layer, d_head]                      Gemma 3 q/k norms
+    "W_in": [layer, d_model, d_mlp]  "b_in": [layer, d_mlp]      (linear branch if gated)
+    "W_gate": [layer, d_model, d_mlp]                            (activated branch, gated)
+    "W_out": [layer, d_mlp, d_model] "b_out": [layer, d_model]
+    "ln_mlp_w", "ln_mlp_b": [layer, d_mlp]                       SoLU's LayerNorm
+  }
+}
+```
+Norm weights are stored as the checkpoint stores them: with `norm_weight_offset=1`
+(Gemma) the effective multiplier is `1 + w`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import ModelConfig
+
+Params = dict
+
+
+def param_shapes(cfg: ModelConfig) -> dict:
+    """The exact pytree of shapes `init_params` returns and the forward pass expects."""
+    L, D, H, K, E = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+    has_norm = cfg.normalization != "none"
+    layernorm = cfg.normalization == "layernorm"
+    shapes: dict = {"W_E": (cfg.d_vocab, D)}
+    if cfg.positional == "learned":
+        shapes["W_pos"] = (cfg.n_ctx, D)
+    if not cfg.tied_embeddings:
+        shapes["W_U"] = (D, cfg.d_vocab)
+    if cfg.use_unembed_bias:
+        shapes["b_U"] = (cfg.d_vocab,)
+    if has_norm and cfg.final_norm:
+        shapes["ln_final_w"] = (D,)
+        if layernorm:
+            shapes["ln_final_b"] = (D,)
+
+    blocks = {
+        "W_Q": (L, H, D, E),
+        "W_K": (L, K, D, E),
+        "W_V": (L, K, D, E),
+        "W_O": (L, H, E, D),
+    }
+    if cfg.use_attn_bias:
+        blocks.update(b_Q=(L, H, E), b_K=(L, K, E), b_V=(L, K, E), b_O=(L, D))
+    norm_names = []
+    if has_norm:
+        norm_names.append("ln1")
+        if not cfg.attn_only:
+            norm_names.append("ln2")
+    for name in norm_names:
+        blocks[f"{name}_w"] = (L, D)
+        if layernorm:
+            blocks[f"{name}_b"] = (L, D)
+    if cfg.post_attn_norm:
+        blocks["ln1_post_w"] = (L, D)
+        if layernorm:
+            blocks["ln1_post_b"] = (L, D)
+    if cfg.qk_norm:
+        blocks["q_norm_w"] = (L, E)
+        blocks["k_norm_w"] = (L, E)
+    if not cfg.attn_only:
+        M = cfg.d_mlp
+        blocks["W_in"] = (L, D, M)
+        if cfg.gated_mlp:
+            blocks["W_gate"] = (L, D, M)
+        blocks["W_out"] = (L, M, D)
+        if cfg.use_mlp_bias:
+            blocks["b_in"] = (L, M)
+            blocks["b_out"] = (L, D)
+        if cfg.act_fn == "solu":
+            blocks["ln_mlp_w"] = (L, M)
+            blocks["ln_mlp_b"] = (L, M)
+        if cfg.post_mlp_norm:
+            blocks["ln2_post_w"] = (L, D)
+            if layernorm:
+                blocks["ln2_post_b"] = (L, D)
+    shapes["blocks"] = blocks
+    return shapes
+
+
+def _is_norm_weight(name: str) -> bool:
+    return name.startswith("ln") and name.endswith("_w") or name in ("q_norm_w", "k_norm_w")
+
+
+def init_params(key: jax.Array, cfg: ModelConfig) -> Params:
+    """Random parameters under which toy models learn induction.
+
+    Embeddings and learned positions ~ N(0, 1) (N(0, 1/d_model) when the model scales
+    its embeddings by sqrt(d_model), so the scaled embedding is ~ N(0, 1)); every weight
+    matrix ~ N(0, 1/fan_in); biases 0; norm weights at their identity (1, or 0 with a
+    `1 + w` offset). GPT-2's std 0.02 everywhere blocked the induction phase change in
+    2-layer attention-only toys in small reproductions (see METHODS.md), hence fan-in.
+    """
+    shapes = param_shapes(cfg)
+    dtype = jnp.dtype(cfg.dtype)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(
+        shapes, is_leaf=lambda x: isinstance(x, tuple)
+    )
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for (path, shape), k in zip(leaves, keys):
+        name = path[-1].key
+        if _is_norm_weight(name):
+            value = jnp.full(shape, 1.0 - cfg.norm_weight_offset)
+        elif name.startswith("b_") or name.endswith("_b"):
+            value = jnp.zeros(shape)
+        elif name in ("W_E", "W_pos"):
+            std = cfg.d_model**-0.5 if cfg.scale_embeddings else 1.0
+            value = std * jax.random.normal(k, shape)
+        else:
+            # fan-in is the axis contracted by x @ W: second-to-last for every matrix here
+            fan_in = shape[-2]
+            value = jax.random.normal(k, shape) * fan_in**-0.5
+        out.append(value.astype(dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def check_params(params: Params, cfg: ModelConfig) -> None:
+    """Raise a ValueError listing every missing, extra or mis-shaped parameter."""
+    expected = param_shapes(cfg)
+    problems = []
+
+    def walk(exp: dict, got, prefix: str):
+        if not isinstance(got, dict):
+            problems.append(f"{prefix or 'params'} should be a dict, got {type(got).__name__}")
+            return
+        for name in sorted(set(exp) | set(got)):
+            path = f"{prefix}{name}"
+            if name not in got:
+                problems.append(f"missing {path} {exp[name]}")
+            elif name not in exp:
+                problems.append(f"unexpected {path}")
+            elif isinstance(exp[name], dict):
+                walk(exp[name], got[name], path + ".")
+            else:
+                shape = tuple(np.shape(got[name]))
+                if shape != tuple(exp[name]):
+                    problems.append(f"{path} has shape {shape}, expected {tuple(exp[name])}")
+
+    walk(expected, params, "")
+    if problems:
+        raise ValueError(
+            f"params do not match the config ({cfg.name or 'unnamed'}): "
+            + "; ".join(problems)
+            + ". Build params with mechjax.init_params(key, cfg) or load them with the config "
+            "they were saved with."
+        )
+
+
+def unembedding(params: Params) -> jax.Array:
+    """W_U [d_model, vocab] (W_E.T for tied embeddings)."""
+    return params["W_U"] if "W_U" in params else params["W_E"].T
+
+
+def count_params(params: Params) -> int:
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
