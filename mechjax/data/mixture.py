@@ -1,0 +1,86 @@
+"""A text corpus mixed with a share of repeated text segments.
+
+Byte-level natural text needs billions of tokens before the induction-head phase change
+(Olsson et al. 2022; METHODS.md measured no change in 5.7M bytes of the standard
+library). Mixing in sequences where a short stretch of the same text is repeated to the
+end of the context makes copying from earlier in the context pay off at once, so the
+phase change comes within a few thousand steps on a CPU. It is a mixture, and runs say
+so: `describe()` names the share. Evaluation batches are the corpus's own held-out
+text, unmixed, so the ICL score and the loss are measured on natural text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .sampling import check_batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class RepeatMixture:
+    """`base` (a corpus) where a `fraction` of each batch's rows are replaced by
+    BOS + a random stretch of that row's text, `min_len..max_len` tokens long, repeated
+    to the end of the context."""
+
+    base: object
+    fraction: float = 0.25
+    min_len: int = 8
+    max_len: int = 30
+
+    def __post_init__(self):
+        if not 0 <= self.fraction <= 1:
+            raise ValueError(f"fraction must lie in [0, 1], got {self.fraction}")
+        if not 1 <= self.min_len <= self.max_len or self.max_len > self.base.n_ctx - 1:
+            raise ValueError(
+                f"segment lengths must satisfy 1 <= min_len <= max_len <= n_ctx - 1 = "
+                f"{self.base.n_ctx - 1}; got {self.min_len}..{self.max_len}"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"{getattr(self.base, 'name', 'text')}+repeats"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.base.vocab_size
+
+    @property
+    def bos_id(self) -> int:
+        return self.base.bos_id
+
+    @property
+    def n_ctx(self) -> int:
+        return self.base.n_ctx
+
+    @property
+    def tokenizer(self):
+        return getattr(self.base, "tokenizer", None)
+
+    def batch(self, seed, step, batch_size) -> np.ndarray:
+        """tokens [batch, n_ctx] int32; a function of (seed, step) only."""
+        batch_size = check_batch_size(batch_size)
+        tokens = np.array(self.base.batch(seed, step, batch_size))
+        # a generator independent of the base's own draws for this (seed, step)
+        rng = np.random.default_rng([seed, step, 1])
+        repeated = rng.random(batch_size) < self.fraction
+        lengths = rng.integers(self.min_len, self.max_len + 1, size=batch_size)
+        n_body = self.n_ctx - 1
+        for row in np.flatnonzero(repeated):
+            segment = tokens[row, 1 : 1 + lengths[row]]
+            tokens[row, 1:] = np.resize(segment, n_body)  # np.resize tiles the segment
+        return tokens
+
+    def eval_batches(self, n, batch_size) -> np.ndarray:
+        return self.base.eval_batches(n, batch_size)
+
+    def token_str(self, token_id: int) -> str:
+        return self.base.token_str(token_id)
+
+    def describe(self) -> str:
+        return (
+            f"mixture: {self.base.describe()}; in training, {self.fraction:.0%} of sequences are "
+            f"a {self.min_len}-{self.max_len}-token stretch of that text repeated to the end "
+            "(evaluation uses the held-out text, unmixed)"
+        )

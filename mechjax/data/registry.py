@@ -1,0 +1,91 @@
+"""Datasets by name, for the command line and training recipes.
+
+    make_dataset("repeated", n_ctx=64)       RepeatedSegments ("tiled" repeats)
+    make_dataset("trigger-bigrams")          TriggerBigrams (Bietti et al. 2023)
+    make_dataset("markov", n_states=3)       RandomMarkov (Edelman et al. 2024)
+    make_dataset("stdlib", n_ctx=256)        this Python's standard library source
+    make_dataset("text:PATH")                a text file or folder
+
+Every dataset has `vocab_size`, `bos_id`, `n_ctx`, `batch(seed, step, batch_size)`
+(tokens [batch, n_ctx] int32, a function of (seed, step) only), `eval_batches(n,
+batch_size)` (tokens [n, batch, n_ctx] int32), `token_str(id)` and `describe()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Protocol
+
+import numpy as np
+
+from .mixture import RepeatMixture
+from .synthetic import RandomMarkov, RepeatedSegments, TriggerBigrams
+from .text import TextCorpus, stdlib_corpus
+
+_SYNTHETIC = {
+    "repeated": RepeatedSegments,
+    "trigger-bigrams": TriggerBigrams,
+    "markov": RandomMarkov,
+}
+DATASET_NAMES = (*_SYNTHETIC, "stdlib", "stdlib+repeats", "text:PATH")
+_MIXTURE_OPTIONS = ("fraction", "min_len", "max_len")
+
+
+class Dataset(Protocol):
+    """What a training loop needs from a dataset."""
+
+    vocab_size: int
+    bos_id: int
+    n_ctx: int
+
+    def batch(self, seed, step, batch_size) -> np.ndarray: ...
+
+    def eval_batches(self, n, batch_size) -> np.ndarray: ...
+
+    def token_str(self, token_id: int) -> str: ...
+
+    def describe(self) -> str: ...
+
+
+def make_dataset(name: str, **options) -> Dataset:
+    """The dataset called `name` (one of `DATASET_NAMES`), built with `options`."""
+    if not isinstance(name, str):
+        raise ValueError(f"dataset name must be a string, got {type(name).__name__}")
+    if name in _SYNTHETIC:
+        cls = _SYNTHETIC[name]
+        fields = [f.name for f in dataclasses.fields(cls) if f.init]
+        _check_options(name, options, fields)
+        return cls(**options)
+    if name == "stdlib+repeats":
+        mix = {k: options.pop(k) for k in _MIXTURE_OPTIONS if k in options}
+        _check_options(name, options, _parameters(stdlib_corpus))
+        return RepeatMixture(stdlib_corpus(**options), **mix)
+    if name == "stdlib":
+        _check_options(name, options, _parameters(stdlib_corpus))
+        return stdlib_corpus(**options)
+    if name.startswith("text:"):
+        path = name[len("text:") :]
+        if not path:
+            raise ValueError('"text:" needs a path, e.g. "text:data/books" or "text:notes.txt"')
+        allowed = [p for p in _parameters(TextCorpus.from_paths) if p != "paths"]
+        _check_options(name, options, allowed)
+        return TextCorpus.from_paths(path, **options)
+    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+
+
+def _parameters(fn) -> list[str]:
+    return [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+
+
+def _check_options(name: str, options: dict, allowed: list[str]) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"dataset {name!r} has no option(s) {', '.join(unknown)}; valid options: "
+            f"{', '.join(allowed)}"
+        )
