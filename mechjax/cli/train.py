@@ -1,0 +1,181 @@
+"""`mechjax train`: train a toy preset while tracking the induction-head phase change."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+# shortcuts for the most used options: flag -> (section, field, type)
+SHORTCUTS = {
+    "steps": ("train", "steps", int),
+    "batch_size": ("train", "batch_size", int),
+    "lr": ("train", "lr", float),
+    "warmup_steps": ("train", "warmup_steps", int),
+    "weight_decay": ("train", "weight_decay", float),
+    "n_evals": ("train", "n_evals", int),
+    "layers": ("model", "n_layers", int),
+    "d_model": ("model", "d_model", int),
+    "n_heads": ("model", "n_heads", int),
+    "n_ctx": ("data", "n_ctx", int),
+    "data": ("data", "name", str),
+}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a toy model and watch the induction-head phase change",
+        description=(
+            "Train a toy transformer from a preset in toy_models/ with live tracking of the "
+            "induction-head phase change (loss, ICL score, best induction score), log-spaced "
+            "checkpoints, and a report at the end. Every preset field can be overridden with "
+            "--set SECTION.FIELD=VALUE (sections: model, train, data)."
+        ),
+    )
+    p.add_argument(
+        "--preset", default="attn2", help="preset name (see --list-presets); default attn2"
+    )
+    p.add_argument("--list-presets", action="store_true", help="list presets and exit")
+    p.add_argument(
+        "--out", type=Path, help="run directory (default runs/<preset>-<time>); never overwritten"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    p.add_argument(
+        "--seeds", help="comma-separated seeds trained together in one vmapped step, e.g. 0,1,2"
+    )
+    for flag, (section, field, kind) in SHORTCUTS.items():
+        p.add_argument(
+            f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=f"sets {section}.{field}"
+        )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override any preset field, e.g. --set model.d_head=16 --set train.b2=0.99",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--show-config", action="store_true", help="print the resolved configuration and exit"
+    )
+    p.set_defaults(func=run)
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def resolve(args) -> dict:
+    """The preset with every override applied: {"model", "train", "data", "description"}."""
+    from toy_models import load_preset
+
+    spec = load_preset(args.preset)
+    for flag, (section, field, _) in SHORTCUTS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            spec[section][field] = value
+    if args.seeds:
+        try:
+            spec["train"]["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError as err:
+            raise ValueError(
+                f"--seeds takes comma-separated integers, e.g. 0,1,2 (got {args.seeds!r})"
+            ) from err
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not dot or section not in ("model", "train", "data"):
+            raise ValueError(
+                f"--set takes SECTION.FIELD=VALUE with SECTION model, train or data (got {item!r})"
+            )
+        spec[section][field] = _parse_value(value)
+    return spec
+
+
+def build(spec: dict):
+    """(model config, train config, dataset) from a resolved preset."""
+    from mechjax.config import ModelConfig
+    from mechjax.data import make_dataset
+    from mechjax.train import TrainConfig
+
+    model = dict(spec["model"])
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(model) - fields)
+    if unknown:
+        raise ValueError(f"unknown model fields {unknown}; valid: {sorted(fields)}")
+    train_cfg = TrainConfig.from_dict(spec["train"])  # validates before data is loaded
+    data_options = dict(spec["data"])
+    dataset = make_dataset(data_options.pop("name"), **data_options)
+    if model.get("d_vocab", "auto") == "auto":
+        model["d_vocab"] = dataset.vocab_size
+    model.setdefault("n_ctx", dataset.n_ctx)
+    return ModelConfig(**model), train_cfg, dataset
+
+
+def run(args) -> int:
+    from toy_models import list_presets
+
+    if args.list_presets:
+        from toy_models import load_preset
+
+        for name in list_presets():
+            print(f"{name:16s} {load_preset(name).get('description', '')}")
+        return 0
+    spec = resolve(args)
+    model_cfg, train_cfg, dataset = build(spec)
+    if args.show_config:
+        print(
+            json.dumps(
+                {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "data": spec["data"]},
+                indent=2,
+            )
+        )
+        return 0
+    out = args.out or Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    from mechjax.train import train
+
+    print(f"mechjax train: {spec.get('description', args.preset)}")
+    print(f"  data: {dataset.describe()}")
+    print(f"  run directory: {out}")
+    result = train(
+        model_cfg, train_cfg, dataset, out, resume=args.resume, progress=not args.no_progress
+    )
+    if result.interrupted:
+        return 130
+    for run_dir in result.run_dirs:
+        _print_summary(run_dir)
+    return 0
+
+
+def _print_summary(run_dir: Path) -> None:
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return
+    summary = json.loads(path.read_text())
+    print(f"\n{run_dir}:")
+    print(
+        f"  final loss {summary.get('final_eval_loss', float('nan')):.3f}, "
+        f"ICL score {summary.get('final_icl_score', float('nan')):+.3f}"
+    )
+    best = summary.get("best_induction_head")
+    if best:
+        print(f"  best induction head L{best['layer']}H{best['head']} score {best['score']:.2f}")
+    phase = summary.get("phase_change")
+    if phase:
+        print(
+            f"  phase change: steps {phase['start']}..{phase['end']} (steepest at {phase['steepest']})"
+        )
+    else:
+        print("  phase change: none detected")
+    report = run_dir / "report.html"
+    if report.exists():
+        print(f"  report: {report}")

@@ -1,0 +1,377 @@
+"""The training loop: a run directory, scheduled evaluations and checkpoints, resume,
+Ctrl-C and divergence handling.
+
+A run directory (format in `docs/RUN_FORMAT.md`) holds `config.json`, `metrics.jsonl`,
+`per_token_loss.npz`, `checkpoints/`, and when the run ends `final_model/`,
+`final_pattern.npz`, `summary.json`, the figures and `report.html`. With several seeds
+each model gets its own run directory `seed_<s>/` and the stacked training state is
+checkpointed once at the top.
+
+Nothing a user saved is overwritten: an existing, non-empty directory is resumed (when
+asked) or refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import __version__
+from ..config import ModelConfig
+from ..tracking import EvalInputs, Tracker, log_spaced_steps, make_eval_inputs
+from . import checkpointing
+from .state import TrainConfig, TrainState, init_states, make_train_step
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dirs: list[Path]
+    state: TrainState
+    final_step: int
+    interrupted: bool = False
+
+
+def schedules(train_cfg: TrainConfig) -> tuple[set[int], set[int]]:
+    """(evaluation steps, checkpoint steps). Step s means "after s updates"."""
+    evals = {0} | set(log_spaced_steps(train_cfg.steps, train_cfg.n_evals))
+    ckpts = set(log_spaced_steps(train_cfg.steps, train_cfg.n_log_checkpoints))
+    if train_cfg.checkpoint_every:
+        ckpts |= set(
+            range(train_cfg.checkpoint_every, train_cfg.steps + 1, train_cfg.checkpoint_every)
+        )
+    return evals, ckpts | {train_cfg.steps}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _RunLog:
+    """metrics.jsonl and per_token_loss.npz of one model's run directory."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.pca_path = run_dir / "per_token_loss.npz"
+        self.pca_steps: list[int] = []
+        self.pca_losses: list[np.ndarray] = []
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records written after `step` (a resumed run redoes them)."""
+        if self.metrics_path.exists():
+            kept = [
+                line
+                for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step
+            ]
+            _atomic_write(self.metrics_path, "".join(line + "\n" for line in kept))
+        if self.pca_path.exists():
+            with np.load(self.pca_path) as data:
+                keep = data["steps"] <= step
+                self.pca_steps = data["steps"][keep].tolist()
+                self.pca_losses = list(data["losses"][keep])
+
+    def append(self, record: dict, pca_losses: np.ndarray, inputs: EvalInputs) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.pca_steps.append(record["step"])
+        self.pca_losses.append(pca_losses)
+        tmp = self.pca_path.with_name("per_token_loss.tmp.npz")
+        np.savez(
+            tmp,
+            steps=np.asarray(self.pca_steps),
+            losses=np.stack(self.pca_losses),
+            example_index=np.arange(len(inputs.pca_token_index)),
+            token_index=inputs.pca_token_index,
+        )
+        os.replace(tmp, self.pca_path)
+
+
+def _prepare_run_dir(out_dir: Path, resume: bool) -> bool:
+    """Returns True when resuming. Refuses to touch a non-empty directory otherwise."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not resume:
+            raise FileExistsError(
+                f"run directory {out_dir} already exists and is not empty; pass --resume to "
+                "continue that run, or choose a new --out directory"
+            )
+        if checkpointing.latest_checkpoint(out_dir / "checkpoints") is None:
+            raise FileNotFoundError(
+                f"cannot resume {out_dir}: it has no complete checkpoint under checkpoints/; "
+                "choose a new --out directory to start afresh"
+            )
+        return True
+    if resume:
+        raise FileNotFoundError(
+            f"cannot resume {out_dir}: the directory does not exist or is empty"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    dataset,
+    out_dir,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    finalize: bool = True,
+) -> RunResult:
+    """Train `len(train_cfg.seeds)` models together, tracking and checkpointing.
+
+    `stop_after` ends the loop early at that step with a checkpoint (as an interruption
+    would), which tests use to check that resuming is bit-identical.
+    """
+    out_dir = Path(out_dir)
+    if dataset.vocab_size != model_cfg.d_vocab:
+        raise ValueError(
+            f"the dataset has {dataset.vocab_size} token ids but the model's d_vocab is "
+            f"{model_cfg.d_vocab}; set d_vocab={dataset.vocab_size}"
+        )
+    if model_cfg.positional == "learned" and dataset.n_ctx > model_cfg.n_ctx:
+        raise ValueError(
+            f"the dataset's context ({dataset.n_ctx}) exceeds the model's n_ctx ({model_cfg.n_ctx})"
+        )
+    resuming = _prepare_run_dir(out_dir, resume)
+    multi = len(train_cfg.seeds) > 1
+    run_dirs = [out_dir / f"seed_{s}" for s in train_cfg.seeds] if multi else [out_dir]
+    ckpt_root = out_dir / "checkpoints"
+    run_config = {
+        "model": model_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        "data": {
+            "name": getattr(dataset, "name", type(dataset).__name__),
+            "description": dataset.describe(),
+        },
+        "mechjax_version": __version__,
+    }
+
+    if resuming:
+        latest = checkpointing.latest_checkpoint(ckpt_root)
+        state, saved_model, saved_train = checkpointing.load_checkpoint(latest)
+        if saved_model != model_cfg or saved_train != train_cfg:
+            raise ValueError(
+                f"cannot resume {out_dir}: its checkpoints were made with other options. "
+                "Resume with the same options, or start a new --out directory."
+            )
+        start = int(np.asarray(state.step).reshape(-1)[0])
+    else:
+        state = init_states(model_cfg, train_cfg)
+        start = 0
+    logs = []
+    for run_dir in run_dirs:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(run_dir / "config.json", json.dumps(run_config, indent=2))
+        log = _RunLog(run_dir)
+        if resuming:
+            log.truncate_after(start)
+        logs.append(log)
+
+    inputs = make_eval_inputs(dataset, model_cfg, n_eval=train_cfg.eval_batch_size)
+    tracker = Tracker(model_cfg, inputs)
+    eval_steps, ckpt_steps = schedules(train_cfg)
+    step_fn = make_train_step(model_cfg, train_cfg)
+    data_seeds = train_cfg.data_seeds()
+    end = min(train_cfg.steps, stop_after) if stop_after is not None else train_cfg.steps
+
+    bar = _progress_bar(progress, start, train_cfg.steps)
+    interrupted = False
+    stop_requested = []
+    previous_handler = _install_sigint(stop_requested)
+    t0 = time.time()
+    last = {}
+    try:
+        if start == 0 and 0 in eval_steps:
+            last = _evaluate(
+                tracker,
+                state,
+                logs,
+                inputs,
+                step=0,
+                tokens_seen=0,
+                wall=0.0,
+                loss=None,
+                lr=0.0,
+                train_cfg=train_cfg,
+            )
+        for step in range(start, end):
+            tokens = np.stack(
+                [dataset.batch(seed, step, train_cfg.batch_size) for seed in data_seeds]
+            )
+            state, losses = step_fn(state, jnp.asarray(tokens))
+            losses = np.asarray(losses)
+            done = step + 1
+            if not np.all(np.isfinite(losses)):
+                good = checkpointing.latest_checkpoint(ckpt_root)
+                raise TrainingDiverged(
+                    f"the loss became {losses.tolist()} at step {done}; training stopped. The last "
+                    f"good checkpoint is {good or 'none (no checkpoint was written yet)'}. Lower "
+                    "--lr, raise --warmup-steps or set --grad-clip, and start a new run."
+                )
+            if done in eval_steps:
+                last = _evaluate(
+                    tracker,
+                    state,
+                    logs,
+                    inputs,
+                    step=done,
+                    tokens_seen=done * train_cfg.batch_size * tokens.shape[-1],
+                    wall=time.time() - t0,
+                    loss=losses,
+                    lr=_lr(train_cfg, done),
+                    train_cfg=train_cfg,
+                )
+            if done in ckpt_steps or done == end:
+                # a step's loss is that of the parameters before its update: check the
+                # updated parameters themselves before they become a "good" checkpoint
+                if not _all_finite(state.params):
+                    raise TrainingDiverged(
+                        f"the parameters became NaN/inf at step {done}; training stopped. The "
+                        f"last good checkpoint is {checkpointing.latest_checkpoint(ckpt_root) or 'none'}. "
+                        "Lower --lr, raise --warmup-steps or set --grad-clip, and start a new run."
+                    )
+                checkpointing.save_checkpoint(ckpt_root, state, model_cfg, train_cfg)
+            if bar is not None:
+                bar.update(1)
+                if done % 10 == 0 or done in eval_steps:
+                    bar.set_postfix_str(_postfix(losses, last))
+            if stop_requested:
+                if _all_finite(state.params):
+                    checkpointing.save_checkpoint(ckpt_root, state, model_cfg, train_cfg)
+                interrupted = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        signal.signal(signal.SIGINT, previous_handler) if previous_handler is not None else None
+
+    final_step = int(np.asarray(state.step).reshape(-1)[0])
+    if interrupted:
+        print(
+            f"\ninterrupted at step {final_step}: checkpoint saved in {ckpt_root}. Continue with "
+            f"`mechjax train --resume --out {out_dir}` (and the same options)."
+        )
+    elif finalize and final_step == train_cfg.steps:
+        _finalize(state, model_cfg, run_dirs, inputs)
+    return RunResult(run_dirs, state, final_step, interrupted)
+
+
+def _all_finite(tree) -> bool:
+    return all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree_util.tree_leaves(tree))
+
+
+def _lr(train_cfg: TrainConfig, step: int) -> float:
+    from .state import learning_rate_schedule
+
+    return float(learning_rate_schedule(train_cfg)(step))
+
+
+def _model(state: TrainState, i: int):
+    return jax.tree_util.tree_map(lambda x: x[i], state.params)
+
+
+def _evaluate(
+    tracker, state, logs, inputs, *, step, tokens_seen, wall, loss, lr, train_cfg
+) -> dict:
+    last = {}
+    for i, log in enumerate(logs):
+        record, pca = tracker.evaluate(_model(state, i))
+        record = {
+            "step": step,
+            "tokens_seen": int(tokens_seen),
+            "wall_time": round(wall, 3),
+            "lr": lr,
+            "train_loss": None if loss is None else float(loss[i]),
+            **record,
+        }
+        log.append(record, pca, inputs)
+        if i == 0:
+            last = record
+    return last
+
+
+def _postfix(losses, record) -> str:
+    parts = [f"loss={float(np.mean(losses)):.3f}"]
+    if record:
+        parts.append(f"icl={record['icl_score']:+.3f}")
+        if record.get("best_induction"):
+            parts.append(f"ind={record['best_induction']['score']:.2f}")
+    return " ".join(parts)
+
+
+def _progress_bar(enabled: bool, start: int, total: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=0.5)
+
+
+def _install_sigint(flag: list):
+    """Ctrl-C sets a flag the loop checks between steps (never mid-update, where the
+    donated state buffers would be lost). A second Ctrl-C interrupts at once."""
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if flag:
+                raise KeyboardInterrupt
+            flag.append(True)
+            print("\nCtrl-C: saving a checkpoint after this step (press again to abort at once)")
+
+        signal.signal(signal.SIGINT, handler)
+        return previous
+    except ValueError:  # not in the main thread: leave signals alone
+        return None
+
+
+def _finalize(
+    state: TrainState, model_cfg: ModelConfig, run_dirs: list[Path], inputs: EvalInputs
+) -> None:
+    """Export each model, the best induction head's pattern, the summary and the report."""
+    from ..checkpoints.orbax_io import save_model
+    from ..report import build_report, write_summary
+
+    for i, run_dir in enumerate(run_dirs):
+        params = _model(state, i)
+        save_model(run_dir / "final_model", params, model_cfg)
+        if model_cfg.n_layers:
+            _save_best_pattern(params, model_cfg, run_dir, inputs)
+        write_summary(run_dir)
+        build_report(run_dir)
+
+
+def _save_best_pattern(params, model_cfg, run_dir: Path, inputs: EvalInputs) -> None:
+    from ..model import run_with_stream
+
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    best = json.loads(lines[-1])["best_induction"]
+    repeated = inputs.induction_input
+    tokens = repeated.tokens[:1]
+    _, stream = run_with_stream(params, tokens, model_cfg, capture=["pattern"])
+    pattern = np.asarray(stream["pattern"][best["layer"], 0, best["head"]])
+    np.savez(
+        run_dir / "final_pattern.npz",
+        pattern=pattern,
+        tokens=tokens[0],
+        layer=best["layer"],
+        head=best["head"],
+        seg_len=repeated.seg_len,
+    )
