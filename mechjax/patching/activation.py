@@ -1,0 +1,111 @@
+"""Activation patching sweeps: one compiled call for a whole grid of patches.
+
+Two runs, on clean and corrupted inputs of the same shape. One of them is re-run with a
+single activation replaced by the other run's value (Vig et al. 2020; Meng et al. 2022;
+Wang et al. 2022; see "Interventions and causal methods" in METHODS.md):
+
+* "denoise": the corrupted run with the clean value patched in (how much of the clean
+  behaviour does this activation restore?);
+* "noise": the clean run with the corrupted value patched in (how much does the
+  behaviour break without it?).
+
+The grid is any combination of the site's axes: ("layer", "pos"), ("layer", "head"),
+("layer", "head", "pos"), ... An axis not swept is patched whole: ("layer", "head") at
+`z` patches a head at every position. Each cell is a `mechjax.edits.patch`-style `Edit`
+whose selectors are the cell's indices, and all cells run under one `jax.vmap` (or, with
+`chunk_size`, `lax.map` over vmapped chunks) inside one `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ..config import ModelConfig
+from ..edits import Edit
+from ..model import _run
+from ..sites import SITES
+from . import grid
+from .metrics import resolve_metric
+
+
+def cell_patch(site: str, source: jax.Array, cell: dict) -> Edit:
+    """The edit of one cell: the site's selection at the cell's indices <- `source`
+    (a captured activation, stacked `[layer, ...]` for per-layer sites)."""
+    return Edit(
+        site=site,
+        layer=cell.get("layer"),
+        pos=cell.get("pos"),
+        head=cell.get("head"),
+        scale=jnp.float32(0.0),
+        value=source,
+        value_has_layer_axis=SITES[site][0],
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "site", "chunk_size"))
+def _sweep(params, clean, corrupted, cells, metric, denoise, *, cfg, site, chunk_size):
+    (clean_logits, clean_acts), (corrupted_logits, corrupted_acts) = grid.run_pair(
+        params, clean, corrupted, cfg, (site,)
+    )
+    target = grid.pick(denoise, corrupted, clean)
+    source = grid.pick(denoise, clean_acts[site], corrupted_acts[site])
+
+    def one_cell(cell):
+        logits, _ = _run(params, target, cfg, (), (cell_patch(site, source, cell),))
+        return metric(logits)
+
+    raw = grid.map_cells(one_cell, cells, chunk_size)
+    return raw, metric(clean_logits), metric(corrupted_logits)
+
+
+def activation_patching(
+    params,
+    cfg: ModelConfig,
+    clean_tokens,
+    corrupted_tokens,
+    site: str,
+    over=("layer", "pos"),
+    *,
+    metric=None,
+    answers=None,
+    mode: str = "denoise",
+    chunk_size: int | None = None,
+) -> grid.PatchingResult:
+    """Patch `site` at every cell of the grid `over` and measure `metric`.
+
+    clean_tokens, corrupted_tokens: int [batch, pos], the same shape.
+    site: any per-layer or model-wide site of `mechjax.sites` that the model has, e.g.
+        resid_pre / resid_mid / resid_post, attn_out, mlp_out, head_out, q, k, v, z,
+        pattern (its `pos` is the query position; at k / v `head` is the kv-head).
+    over: the swept axes, a subset of ("layer", "pos", "head") in the order of the
+        result's axes.
+    metric: `f(logits [batch, pos, vocab]) -> scalar` (a `mechjax.patching.metrics`
+        metric or any callable); or give `answers=(correct, wrong)` (ints or [batch])
+        for the default, the logit difference at the last position.
+    mode: "denoise" or "noise" (see the module docstring).
+    chunk_size: cells per vmapped chunk (None: all cells in one vmap).
+
+    Returns a `PatchingResult` with `raw` and `normalized` arrays of shape [len(axis)
+    for axis in over].
+    """
+    clean, corrupted = grid.check_model_inputs(params, cfg, clean_tokens, corrupted_tokens)
+    grid.check_site(site, cfg)
+    denoise = grid.check_mode(mode)
+    grid.check_chunk_size(chunk_size)
+    over, sizes = grid.check_over(site, over, cfg, clean.shape[1])
+    metric = resolve_metric(metric, answers, cfg, clean.shape)
+    raw, clean_metric, corrupted_metric = _sweep(
+        params,
+        clean,
+        corrupted,
+        grid.grid(sizes, over),
+        metric,
+        denoise,
+        cfg=cfg,
+        site=site,
+        chunk_size=chunk_size,
+    )
+    return grid.make_result(raw, clean_metric, corrupted_metric, site, over, sizes, mode, cfg)

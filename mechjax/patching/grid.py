@@ -1,0 +1,208 @@
+"""Sweep grids: which axes of a site a sweep runs over, the cells' selector arrays, the
+result container, and the checks every causal method does before compiling.
+
+A sweep over `over=("layer", "pos")` at site `resid_pre` has one cell per (layer,
+position); each cell is one `Edit` whose `layer` / `pos` / `head` selectors are that
+cell's indices (an axis not in `over` is selected whole). The cells' indices are flat
+int32 arrays, so `jax.vmap` over them runs every cell in one compiled call.
+
+Axis names: "layer" (per-layer sites only), "pos" (the site's `pos`, or `query_pos`
+for `scores`/`pattern`) and "head" (query heads; at `k` and `v` the key/value heads,
+`n_kv_heads` of them, which with grouped-query attention several query heads share).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..config import ModelConfig
+from ..model import _run, check_tokens
+from ..params import check_params
+from ..sites import SITES, available_sites, is_per_layer
+
+AXES = ("layer", "pos", "head")
+_POS_NAMES = ("pos", "query_pos")
+_HEAD_NAMES = ("head", "kv_head")
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchingResult:
+    """The outcome of a sweep.
+
+    raw:         the metric of each patched run, shape = one entry per axis in `axes`
+    normalized:  `(raw - corrupted_metric) / (clean_metric - corrupted_metric)`: 1 where
+                 the patched run scores like the clean run, 0 like the corrupted one
+                 (the same formula for denoising and noising)
+    axes:        axis names, e.g. ("layer", "pos")
+    labels:      per axis, the label of each index ("L0", "H3", "KV1", "p5")
+    clean_metric, corrupted_metric: the metric of the unpatched runs
+    site, mode:  what was patched and how ("denoise", "noise", or a method's own name)
+    """
+
+    raw: jax.Array
+    normalized: jax.Array
+    axes: tuple[str, ...]
+    labels: dict[str, list[str]]
+    clean_metric: float
+    corrupted_metric: float
+    site: str
+    mode: str
+
+
+def normalize(raw, clean_metric, corrupted_metric) -> jax.Array:
+    """`(raw - corrupted) / (clean - corrupted)`; NaN (with a warning) when they tie."""
+    denom = float(clean_metric) - float(corrupted_metric)
+    if denom == 0.0:
+        warnings.warn(
+            "clean and corrupted runs have the same metric: the normalised effect is "
+            "undefined (NaN); choose inputs that the metric tells apart",
+            stacklevel=3,
+        )
+        return jnp.full(jnp.shape(raw), jnp.nan)
+    return (jnp.asarray(raw) - corrupted_metric) / denom
+
+
+def make_result(raw, clean_metric, corrupted_metric, site, over, sizes, mode, cfg):
+    clean_metric, corrupted_metric = float(clean_metric), float(corrupted_metric)
+    raw = jnp.asarray(raw).reshape(sizes)
+    return PatchingResult(
+        raw=raw,
+        normalized=normalize(raw, clean_metric, corrupted_metric),
+        axes=tuple(over),
+        labels={axis: axis_labels(axis, n, site) for axis, n in zip(over, sizes)},
+        clean_metric=clean_metric,
+        corrupted_metric=corrupted_metric,
+        site=site,
+        mode=mode,
+    )
+
+
+def axis_labels(axis: str, n: int, site: str) -> list[str]:
+    if axis == "head":
+        prefix = "KV" if "kv_head" in SITES[site][1] else "H"
+    else:
+        prefix = {"layer": "L", "pos": "p"}[axis]
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+
+def check_model_inputs(params, cfg: ModelConfig, *token_arrays) -> tuple[jax.Array, ...]:
+    """Validate the config, params and token arrays; same-shaped arrays as int32."""
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"cfg must be a mechjax.ModelConfig, got {type(cfg).__name__}")
+    check_params(params, cfg)
+    for tokens in token_arrays:
+        check_tokens(tokens, cfg)
+    shapes = {tuple(t.shape) for t in token_arrays}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"the token arrays must have the same shape [batch, pos] (positions are "
+            f"patched one-to-one), got {[tuple(t.shape) for t in token_arrays]}; pad or "
+            "truncate them to a common length"
+        )
+    return tuple(jnp.asarray(t, jnp.int32) for t in token_arrays)
+
+
+def check_site(site: str, cfg: ModelConfig) -> None:
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}; sites are {list(SITES)}")
+    if site not in available_sites(cfg):
+        raise ValueError(
+            f"this model has no site {site!r} (e.g. attention-only models have no MLP "
+            f"sites, 0-layer models no per-layer sites); its sites are {list(available_sites(cfg))}"
+        )
+
+
+def site_axes(site: str) -> dict[str, int]:
+    """Which sweep axes a site has, and where they sit in one layer's activation."""
+    per_layer, axes = SITES[site]
+    out = {}
+    if per_layer:
+        out["layer"] = -1  # the stacked layer axis, handled by the edit's layer selector
+    for name, options in (("pos", _POS_NAMES), ("head", _HEAD_NAMES)):
+        found = [i for i, a in enumerate(axes) if a in options]
+        if found:
+            out[name] = found[0]
+    return out
+
+
+def check_over(site: str, over, cfg: ModelConfig, n_pos: int) -> tuple[tuple[str, ...], tuple]:
+    """Validate `over` for `site`; return it as a tuple and the grid's sizes."""
+    over = (over,) if isinstance(over, str) else tuple(over)
+    have = site_axes(site)
+    bad = [a for a in over if a not in AXES]
+    if bad or not over or len(set(over)) != len(over):
+        raise ValueError(
+            f"over={over!r}: give distinct axis names from {AXES}, e.g. ('layer', 'pos')"
+        )
+    missing = [a for a in over if a not in have]
+    if missing:
+        raise ValueError(f"site {site!r} has no {missing} axis to sweep over; it has {list(have)}")
+    sizes = tuple(axis_size(a, site, cfg, n_pos) for a in over)
+    return over, sizes
+
+
+def axis_size(axis: str, site: str, cfg: ModelConfig, n_pos: int) -> int:
+    if axis == "layer":
+        return cfg.n_layers
+    if axis == "pos":
+        return n_pos
+    return cfg.n_kv_heads if "kv_head" in SITES[site][1] else cfg.n_heads
+
+
+def grid(sizes: tuple[int, ...], over: tuple[str, ...]) -> dict[str, jax.Array]:
+    """Flat int32 index arrays `{axis: [cell]}`, cells in row-major order of `sizes`."""
+    mesh = np.meshgrid(*[np.arange(n) for n in sizes], indexing="ij")
+    return {axis: jnp.asarray(m.reshape(-1), jnp.int32) for axis, m in zip(over, mesh)}
+
+
+def run_pair(params, clean, corrupted, cfg: ModelConfig, capture: tuple[str, ...]):
+    """Clean and corrupted runs as one batched forward pass (inside jit): returns
+    `(clean_logits, clean_acts), (corrupted_logits, corrupted_acts)`."""
+    n = clean.shape[0]
+    logits, acts = _run(params, jnp.concatenate([clean, corrupted]), cfg, capture, ())
+
+    def split(name, x, part):
+        axis = 1 if is_per_layer(name) else 0
+        return jax.lax.slice_in_dim(x, part * n, (part + 1) * n, axis=axis)
+
+    return tuple(
+        (logits[part * n : (part + 1) * n], {k: split(k, v, part) for k, v in acts.items()})
+        for part in (0, 1)
+    )
+
+
+def map_cells(fn, cells, chunk_size: int | None):
+    """`fn` over the cells' leading axis: one `vmap`, or `lax.map` over vmapped chunks
+    of `chunk_size` cells when memory is tight (still one compiled call)."""
+    if chunk_size is None:
+        return jax.vmap(fn)(cells)
+    return jax.lax.map(fn, cells, batch_size=chunk_size)
+
+
+def check_chunk_size(chunk_size) -> None:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+
+
+def check_mode(mode: str) -> jax.Array:
+    """Validate `mode`; return it as traced data (True: denoise), so that both modes
+    share one compiled program."""
+    if mode not in ("denoise", "noise"):
+        raise ValueError(
+            f"mode={mode!r}: use 'denoise' (corrupted run, clean values patched in) or "
+            "'noise' (clean run, corrupted values patched in)"
+        )
+    return jnp.asarray(mode == "denoise")
+
+
+def pick(flag: jax.Array, if_true, if_false):
+    """`if_true` where the traced bool `flag` holds, else `if_false` (pytrees)."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(flag, a, b), if_true, if_false)
