@@ -5,8 +5,9 @@ Byte-level natural text needs billions of tokens before the induction-head phase
 library). Mixing in sequences where a short stretch of the same text is repeated to the
 end of the context makes copying from earlier in the context pay off at once, so the
 phase change comes within a few thousand steps on a CPU. It is a mixture, and runs say
-so: `describe()` names the share. Evaluation batches are the corpus's own held-out
-text, unmixed, so the ICL score and the loss are measured on natural text.
+so: `describe()` names the share. Evaluation batches are the corpus's held-out text
+mixed the same way (with a fixed generator), so the evaluation measures the training
+distribution; `base.eval_batches` gives the natural text alone.
 """
 
 from __future__ import annotations
@@ -61,19 +62,27 @@ class RepeatMixture:
     def batch(self, seed, step, batch_size) -> np.ndarray:
         """tokens [batch, n_ctx] int32; a function of (seed, step) only."""
         batch_size = check_batch_size(batch_size)
-        tokens = np.array(self.base.batch(seed, step, batch_size))
         # a generator independent of the base's own draws for this (seed, step)
-        rng = np.random.default_rng([seed, step, 1])
-        repeated = rng.random(batch_size) < self.fraction
-        lengths = rng.integers(self.min_len, self.max_len + 1, size=batch_size)
+        return self._mix(
+            self.base.batch(seed, step, batch_size), np.random.default_rng([seed, step, 1])
+        )
+
+    def eval_batches(self, n, batch_size) -> np.ndarray:
+        """tokens [n, batch, n_ctx]: held-out text, mixed with a fixed generator."""
+        held_out = np.asarray(self.base.eval_batches(n, batch_size))
+        flat = self._mix(held_out.reshape(-1, self.n_ctx), np.random.default_rng([2**31 - 1, 0, 2]))
+        return flat.reshape(held_out.shape)
+
+    def _mix(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Replace a `fraction` of rows by a stretch of their own text, tiled."""
+        tokens = np.array(tokens)
+        repeated = rng.random(len(tokens)) < self.fraction
+        lengths = rng.integers(self.min_len, self.max_len + 1, size=len(tokens))
         n_body = self.n_ctx - 1
         for row in np.flatnonzero(repeated):
             segment = tokens[row, 1 : 1 + lengths[row]]
             tokens[row, 1:] = np.resize(segment, n_body)  # np.resize tiles the segment
         return tokens
-
-    def eval_batches(self, n, batch_size) -> np.ndarray:
-        return self.base.eval_batches(n, batch_size)
 
     def token_str(self, token_id: int) -> str:
         return self.base.token_str(token_id)
@@ -82,5 +91,5 @@ class RepeatMixture:
         return (
             f"mixture: {self.base.describe()}; in training, {self.fraction:.0%} of sequences are "
             f"a {self.min_len}-{self.max_len}-token stretch of that text repeated to the end "
-            "(evaluation uses the held-out text, unmixed)"
+            "(evaluation: held-out text mixed the same way)"
         )
