@@ -75,12 +75,18 @@ def make_eval_inputs(
     The same held-out examples give the mean loss, the loss by token index, the ICL
     score and (at one fixed random token index each) the per-token-loss vector for PCA,
     so one forward pass serves every loss-based metric. Repeated random segments (25
-    tokens, shortened to fit the context) feed the head detectors.
+    tokens, shortened to fit the context, drawn from the token ids the held-out data
+    contains) feed the head detectors.
     """
     n_ctx = dataset.n_ctx
     eval_tokens = np.asarray(dataset.eval_batches(1, n_eval)[0])
     rng = np.random.default_rng(seed)
     pca_token_index = rng.integers(1, n_ctx, size=n_eval)
+
+    # random tokens are drawn from the ids that occur in the held-out data: a byte-level
+    # model has never trained the embeddings of bytes its text lacks
+    unseen = set(range(dataset.vocab_size)) - set(np.unique(eval_tokens).tolist())
+    exclude = tuple(sorted(unseen | set(special_ids(dataset))))
 
     def repeated(n_repeats: int) -> RepeatedInput:
         seg_len = min(25, (n_ctx - 1) // n_repeats)
@@ -91,7 +97,7 @@ def make_eval_inputs(
             dataset.vocab_size,
             n_repeats=n_repeats,
             bos_id=dataset.bos_id,
-            exclude=special_ids(dataset),
+            exclude=exclude,
         )
         return RepeatedInput(np.asarray(tokens), seg_len, n_repeats, dataset.bos_id)
 

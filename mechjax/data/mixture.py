@@ -13,10 +13,17 @@ distribution; `base.eval_batches` gives the natural text alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
 from .sampling import check_batch_size
+
+
+_SEGMENT_WORDS = {
+    "text": "stretch of that text",
+    "random": "segment of random tokens (bytes seen in the text)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +36,11 @@ class RepeatMixture:
     fraction: float = 0.25
     min_len: int = 8
     max_len: int = 30
+    segments: str = "text"  # "text": a stretch of the row's own text; "random": random tokens
 
     def __post_init__(self):
+        if self.segments not in ("text", "random"):
+            raise ValueError(f"segments must be 'text' or 'random', got {self.segments!r}")
         if not 0 <= self.fraction <= 1:
             raise ValueError(f"fraction must lie in [0, 1], got {self.fraction}")
         if not 1 <= self.min_len <= self.max_len or self.max_len > self.base.n_ctx - 1:
@@ -80,9 +90,19 @@ class RepeatMixture:
         lengths = rng.integers(self.min_len, self.max_len + 1, size=len(tokens))
         n_body = self.n_ctx - 1
         for row in np.flatnonzero(repeated):
-            segment = tokens[row, 1 : 1 + lengths[row]]
+            if self.segments == "random":
+                segment = rng.choice(self.support, size=lengths[row])
+            else:
+                segment = tokens[row, 1 : 1 + lengths[row]]
             tokens[row, 1:] = np.resize(segment, n_body)  # np.resize tiles the segment
         return tokens
+
+    @functools.cached_property
+    def support(self) -> np.ndarray:
+        """Token ids that occur in the base's held-out text (BOS excluded): random
+        segments use only tokens the model also sees in text."""
+        ids = np.unique(np.asarray(self.base.eval_batches(1, 64)))
+        return ids[ids != self.bos_id]
 
     def token_str(self, token_id: int) -> str:
         return self.base.token_str(token_id)
@@ -90,6 +110,6 @@ class RepeatMixture:
     def describe(self) -> str:
         return (
             f"mixture: {self.base.describe()}; in training, {self.fraction:.0%} of sequences are "
-            f"a {self.min_len}-{self.max_len}-token stretch of that text repeated to the end "
+            f"a {self.min_len}-{self.max_len}-token {_SEGMENT_WORDS[self.segments]} repeated to the end "
             "(evaluation: held-out text mixed the same way)"
         )

@@ -3,6 +3,7 @@
     make_dataset("repeated", n_ctx=64)       RepeatedSegments ("tiled" repeats)
     make_dataset("trigger-bigrams")          TriggerBigrams (Bietti et al. 2023)
     make_dataset("markov", n_states=3)       RandomMarkov (Edelman et al. 2024)
+    make_dataset("arithmetic", n_ctx=64)     single-digit arithmetic (layer removal, seed 000)
     make_dataset("stdlib", n_ctx=256)        this Python's standard library source
     make_dataset("text:PATH")                a text file or folder
 
@@ -19,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .arithmetic import Arithmetic
 from .mixture import RepeatMixture
 from .synthetic import RandomMarkov, RepeatedSegments, TriggerBigrams
 from .text import TextCorpus, stdlib_corpus
@@ -27,9 +29,10 @@ _SYNTHETIC = {
     "repeated": RepeatedSegments,
     "trigger-bigrams": TriggerBigrams,
     "markov": RandomMarkov,
+    "arithmetic": Arithmetic,
 }
 DATASET_NAMES = (*_SYNTHETIC, "stdlib", "stdlib+repeats", "text:PATH")
-_MIXTURE_OPTIONS = ("fraction", "min_len", "max_len")
+_MIXTURE_OPTIONS = ("fraction", "min_len", "max_len", "segments")
 
 
 class Dataset(Protocol):
