@@ -55,3 +55,15 @@ def test_batches_and_eval_batches_are_deterministic(corpus):
 def test_bad_options(corpus, options):
     with pytest.raises(ValueError):
         RepeatMixture(corpus, **options)
+
+
+def test_random_segments_use_only_tokens_seen_in_the_text(corpus):
+    mix = RepeatMixture(corpus, fraction=1.0, min_len=4, max_len=10, segments="random")
+    tokens = mix.batch(1, 2, 32)
+    support = set(mix.support.tolist())
+    assert corpus.bos_id not in support and len(support) < 40  # a handful of letters and symbols
+    for row in tokens:
+        assert any(_is_tiled(row, n) for n in range(4, 11))
+        assert set(row[1:].tolist()) <= support
+    with pytest.raises(ValueError, match="segments"):
+        RepeatMixture(corpus, segments="words")
