@@ -15,6 +15,15 @@ from .stream import Stream, logit_attribution
 
 __all__ = [
     "Edit",
+    "ablation",
+    "attribution",
+    "checkpoints",
+    "circuits",
+    "factored",
+    "heads",
+    "lens",
+    "patching",
+    "tracing",
     "ModelConfig",
     "Stream",
     "check_params",
