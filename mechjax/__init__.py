@@ -4,9 +4,26 @@ import mechjax as mj
 cfg = mj.presets.attn_only(2)
 params = mj.init_params(jax.random.key(0), cfg)
 logits, stream = mj.run_with_stream(params, tokens, cfg)
+
+Analysis modules are attributes (`mj.heads`, `mj.circuits`, `mj.patching`, `mj.lens`,
+`mj.attribution`, `mj.ablation`, `mj.tracing`, `mj.checkpoints`); training and data are
+imported explicitly (`mechjax.train`, `mechjax.data`).
 """
 
-from . import edits, presets, sites
+from . import (
+    ablation,
+    attribution,
+    checkpoints,
+    circuits,
+    edits,
+    factored,
+    heads,
+    lens,
+    patching,
+    presets,
+    sites,
+    tracing,
+)
 from .config import ModelConfig
 from .edits import Edit
 from .model import check_tokens, forward, run_with_stream
