@@ -17,7 +17,9 @@ Every ablation, patch and steer is that one affine rule:
 
 Selectors are integer indices (a scalar or a 1-D array; traced values work, so sweeps
 vmap over them) or None for "all". `pos` picks the query position of `scores`/`pattern`;
-`head` picks the key/value head at `k` and `v`. `value` broadcasts against one layer's
+`head` picks the key/value head at `k` and `v`. Edits at `scores` act before the causal
+/ sliding-window mask, so masked keys stay masked (zero-ablating the scores gives
+uniform attention over the allowed keys). `value` broadcasts against one layer's
 activation; when `value_has_layer_axis` it carries a leading `layer` axis (as captured
 activations do) and layer `l` uses `value[l]`.
 """
@@ -115,11 +117,16 @@ def patch(site: str, source, *, layer=None, pos=None, head=None) -> Edit:
 
 def resample(site: str, source, *, key=None, layer=None, pos=None, head=None) -> Edit:
     """Resample-ablation: values from another run; with `key`, the batch is shuffled so
-    each example receives a different example's activation."""
+    each example receives a different example's activation (a random cyclic order, so
+    no example keeps its own; with a batch of one it necessarily does)."""
     source = jnp.asarray(source)
     if key is not None:
         batch_axis = 1 if SITES[site][0] else 0
-        perm = jax.random.permutation(key, source.shape[batch_axis])
+        n = source.shape[batch_axis]
+        # a plain permutation may leave examples in place: walk a random cycle instead,
+        # example order[i] receiving example order[i + 1]
+        order = jax.random.permutation(key, n)
+        perm = jnp.zeros(n, jnp.int32).at[order].set(jnp.roll(order, -1).astype(jnp.int32))
         source = jnp.take(source, perm, axis=batch_axis)
     return patch(site, source, layer=layer, pos=pos, head=head)
 
@@ -140,8 +147,9 @@ def mean_ablate(
     return _make(site, layer, pos, head, 0.0, mean, per_layer)
 
 
-def check_edits(edits: Sequence[Edit], cfg: ModelConfig) -> None:
-    """Validate edits before compiling: sites exist in this model, indices in range."""
+def check_edits(edits: Sequence[Edit], cfg: ModelConfig, n_pos: int | None = None) -> None:
+    """Validate edits before compiling: sites exist in this model, indices in range
+    (positions too, when the input length `n_pos` is given)."""
     sites = available_sites(cfg)
     for i, edit in enumerate(edits):
         if not isinstance(edit, Edit):
@@ -157,6 +165,8 @@ def check_edits(edits: Sequence[Edit], cfg: ModelConfig) -> None:
         limits["head"] = (
             cfg.n_kv_heads if "kv_head" in axes else (cfg.n_heads if "head" in axes else None)
         )
+        has_pos = "pos" in axes or "query_pos" in axes
+        limits["pos"] = (n_pos or np.iinfo(np.int32).max) if has_pos else None
         for name, limit in limits.items():
             selector = getattr(edit, name)
             if selector is None:

@@ -85,8 +85,8 @@ def rope_tables(cfg: ModelConfig, n_pos: int) -> tuple[np.ndarray, np.ndarray]:
     positions = np.arange(n_pos, dtype=np.float64)
     cos, sin = [], []
     for layer_type in cfg.resolved_layer_types:
-        if layer_type == "local" and cfg.rope_local_base is not None:
-            base, factor = cfg.rope_local_base, 1.0
+        if layer_type == "local":  # local layers are never position-scaled (HF Gemma 3)
+            base, factor = cfg.rope_local_base or cfg.rope_base, 1.0
         else:
             base, factor = cfg.rope_base, cfg.rope_scaling
         # float32 inverse frequencies as the reference computes them, then angles

@@ -70,8 +70,12 @@ def _attention(h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks
     # query head h belongs to key/value group h // G (HF's repeat_kv order)
     scores = jnp.einsum("bqkge,bske->bkgqs", q.reshape(B, P, K, G, E), k).reshape(B, -1, P, P)
     scores = layers.softcap(scores * cfg.attn_scale, cfg.attn_logit_softcap)
-    scores = jnp.where(layers.attention_mask(P, window), scores, -jnp.inf)
-    scores = site("scores", scores)
+    # edits act on the unmasked scores and the causal/window mask is applied after them:
+    # `0 * -inf` would turn a patch or ablation of masked entries into NaN, and an edit
+    # must not let a query see future keys. The captured scores are the masked ones.
+    mask = layers.attention_mask(P, window)
+    scores = jnp.where(mask, site("scores", scores), -jnp.inf)
+    site.record("scores", scores)
     pattern = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(h.dtype)
     pattern = site("pattern", pattern)
     z = jnp.einsum("bkgqs,bske->bqkge", pattern.reshape(B, K, G, P, P), v).reshape(B, P, -1, E)
@@ -248,7 +252,7 @@ def _prepare(params, tokens, cfg, edits):
     check_tokens(tokens, cfg)
     check_params(params, cfg)
     edits = (edits,) if isinstance(edits, Edit) else tuple(edits or ())
-    check_edits(edits, cfg)
+    check_edits(edits, cfg, n_pos=tokens.shape[1])
     return jnp.asarray(tokens, jnp.int32), edits
 
 

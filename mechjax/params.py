@@ -121,7 +121,9 @@ def init_params(key: jax.Array, cfg: ModelConfig) -> Params:
     for (path, shape), k in zip(leaves, keys):
         name = path[-1].key
         if _is_norm_weight(name):
-            value = jnp.full(shape, 1.0 - cfg.norm_weight_offset)
+            # SoLU's LayerNorm multiplies by w itself (no offset), so its identity is 1
+            offset = 0.0 if name == "ln_mlp_w" else cfg.norm_weight_offset
+            value = jnp.full(shape, 1.0 - offset)
         elif name.startswith("b_") or name.endswith("_b"):
             value = jnp.zeros(shape)
         elif name in ("W_E", "W_pos"):

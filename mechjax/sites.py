@@ -77,13 +77,16 @@ def available_sites(cfg: ModelConfig) -> tuple[str, ...]:
         absent.add("ln2_post_scale")
     if cfg.attn_only:
         absent |= {"ln2_scale", "mlp_pre", "mlp_pre_linear", "mlp_post", "mlp_out", "resid_mid"}
+        absent.add("ln2_post_scale")  # no MLP, so no post-MLP norm even if post_mlp_norm
     if not cfg.gated_mlp:
         absent.add("mlp_pre_linear")
+    if cfg.n_layers == 0:  # a 0-layer model (embed -> unembed) has no per-layer sites
+        absent |= {name for name, (per_layer, _) in SITES.items() if per_layer}
     return tuple(name for name in SITES if name not in absent)
 
 
 def capturable(cfg: ModelConfig) -> tuple[str, ...]:
-    return available_sites(cfg) + tuple(WRITE_PARTS)
+    return available_sites(cfg) + (tuple(WRITE_PARTS) if cfg.n_layers else ())
 
 
 def resolve_capture(capture, cfg: ModelConfig) -> tuple[str, ...]:

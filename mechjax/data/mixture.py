@@ -19,7 +19,6 @@ import numpy as np
 
 from .sampling import check_batch_size
 
-
 _SEGMENT_WORDS = {
     "text": "stretch of that text",
     "random": "segment of random tokens (bytes seen in the text)",
