@@ -312,3 +312,32 @@ def test_command_line_train_writes_a_full_run_directory(tmp_path, capsys):
 def test_command_line_errors_name_the_problem(argv, message, capsys, tmp_path):
     assert cli_main([*argv, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_weight_decay_applies_to_weight_matrices_only():
+    from mechjax.train import make_optimizer
+
+    cfg = mj.ModelConfig(
+        d_vocab=11,
+        d_model=8,
+        n_layers=2,
+        n_heads=2,
+        d_head=4,
+        n_ctx=8,
+        d_mlp=16,
+        use_attn_bias=True,
+        use_mlp_bias=True,
+    )
+    params = mj.init_params(jax.random.key(0), cfg)
+    zero_grads = jax.tree_util.tree_map(np.zeros_like, params)
+    optimizer = make_optimizer(
+        TrainConfig(lr=0.1, warmup_steps=0, schedule="constant", weight_decay=0.5)
+    )
+    updates, _ = optimizer.update(zero_grads, optimizer.init(params), params)
+    # with zero gradients only decoupled weight decay moves a parameter
+    moved = {k: bool(np.any(np.asarray(v) != 0)) for k, v in updates["blocks"].items()}
+    assert moved["W_Q"] and moved["W_O"] and moved["W_in"] and moved["W_out"]
+    assert not any(moved[k] for k in ("ln1_w", "ln1_b", "ln2_w", "b_Q", "b_O", "b_in", "b_out"))
+    assert np.any(np.asarray(updates["W_E"]) != 0) and not np.any(
+        np.asarray(updates["ln_final_w"]) != 0
+    )

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -116,9 +117,12 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    # decay weight matrices only: norms, biases and vectors keep their scale
+    # decay weight matrices only: norms, biases and vectors keep their scale. Block
+    # leaves carry a leading `layer` axis, so a block matrix has rank 3 (or 4 per head).
     def decay_mask(params):
-        return jax.tree_util.tree_map(lambda x: x.ndim >= 2, params)
+        mask = {name: np.ndim(value) >= 2 for name, value in params.items() if name != "blocks"}
+        mask["blocks"] = {name: np.ndim(value) >= 3 for name, value in params["blocks"].items()}
+        return mask
 
     adamw = optax.adamw(
         learning_rate_schedule(cfg),
