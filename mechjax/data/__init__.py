@@ -2,11 +2,12 @@
 real-text corpora, all numpy and deterministic from a seed.
 
     ds = make_dataset("repeated")                # or "trigger-bigrams", "markov",
-                                                 #    "stdlib", "text:PATH"
+                                                 #    "arithmetic", "stdlib", "text:PATH"
     tokens = ds.batch(seed, step, batch_size)    # [batch, n_ctx] int32, BOS first
     held_out = ds.eval_batches(n, batch_size)    # [n, batch, n_ctx] int32
 """
 
+from .arithmetic import Arithmetic
 from .registry import DATASET_NAMES, Dataset, make_dataset
 from .sampling import eval_rng, step_rng
 from .synthetic import RandomMarkov, RepeatedSegments, TriggerBigrams, stationary_distribution
@@ -14,6 +15,7 @@ from .text import TextCorpus, find_text_files, stdlib_corpus, stdlib_files
 from .tokenizer import ByteTokenizer
 
 __all__ = [
+    "Arithmetic",
     "DATASET_NAMES",
     "ByteTokenizer",
     "Dataset",
