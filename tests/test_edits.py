@@ -254,6 +254,10 @@ def test_vmapped_patches_equal_one_by_one(sweep):
     """One vmapped call over (layer, pos, head) selectors and patch values gives what
     each patch gives on its own. (Random patch values: what is tested is the batching.)"""
     cfg, site, layers, positions, heads, seed = sweep
+    # without the final soft-cap the tolerance scales with the logits' real size (a capped
+    # logit of 3.0 can hide a pre-cap logit in the hundreds, whose float32 rounding
+    # differs between the batched and the single run); the cap is not what is tested here
+    cfg = cfg.replace(final_logit_softcap=None)
     params = random_model(cfg, seed)
     tokens = random_tokens(cfg, B, 6, seed)
     n = len(layers)

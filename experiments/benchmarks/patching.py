@@ -82,6 +82,7 @@ SWEEPS = {  # sweep -> (mechjax site, swept axes, TransformerLens function)
     "resid": ("resid_pre", ("layer", "pos"), "get_act_patch_resid_pre"),
     "heads": ("z", ("layer", "head"), "get_act_patch_attn_head_out_all_pos"),
 }
+IMPLS = ("mechjax", "transformer_lens")
 SPEED_TARGET = 10.0
 
 
@@ -209,6 +210,14 @@ for _model in MODELS:
 # -- the parent ----------------------------------------------------------------------------------
 
 
+def _median(result: dict) -> float | None:
+    return result["timing"]["median_s"] if result else None
+
+
+def _mib(result: dict) -> str:
+    return f"{result['peak_mib']:.0f}" if result else "n/a"
+
+
 def describe(model: str, size: dict) -> str:
     if model == "toy":
         return f"2-layer attn-only, d_model {size['d_model']}, {size['n_heads']} heads"
@@ -229,6 +238,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, help="timed calls (mechjax)")
     parser.add_argument("--tl-repeats", type=int, help="timed calls (TransformerLens)")
     parser.add_argument("--chunk-size", type=int, help="mechjax cells per vmapped chunk")
+    parser.add_argument(
+        "--impls", default=",".join(IMPLS), help=f"subset of {IMPLS} (e.g. mechjax alone)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -238,9 +250,14 @@ def main(argv=None) -> int:
     sizes = SIZES["quick" if args.quick else "full"]
     models = [m for m in args.models.split(",") if m]
     sweeps = [s for s in args.sweeps.split(",") if s]
+    impls = [i for i in args.impls.split(",") if i]
     bad = [m for m in models if m not in MODELS] + [s for s in sweeps if s not in SWEEPS]
-    if bad:
-        raise ValueError(f"unknown models/sweeps {bad}; models {MODELS}, sweeps {tuple(SWEEPS)}")
+    bad += [i for i in impls if i not in IMPLS]
+    if bad or not impls:
+        raise ValueError(
+            f"unknown models/sweeps/implementations {bad}; models {MODELS}, sweeps "
+            f"{tuple(SWEEPS)}, implementations {IMPLS}"
+        )
     base = {
         "n_pos": sizes["n_pos"],
         "batch": args.batch or sizes["batch"],
@@ -269,35 +286,38 @@ def main(argv=None) -> int:
             spec = {**base, "model": model, "sweep": sweep, "size": sizes[model]}
             spec["case"] = f"{model}/{sweep}"
             results = {}
-            for impl in ("mechjax", "transformer_lens"):
+            for impl in impls:
                 spec["impl"] = impl
                 print(f"running {spec['case']}/{impl} ...", file=sys.stderr, flush=True)
                 results[impl] = run_worker(__file__, spec)
-            ours, theirs = results["mechjax"], results["transformer_lens"]
-            a, b = np.asarray(ours["grid"]), np.asarray(theirs["grid"])
-            diff = float(np.abs(a - b).max()) if a.shape == b.shape else float("nan")
-            checks.append(
-                f"- {model}/{sweep}: grid {list(a.shape)}, max |mechjax - TL| = {diff:.2e} "
-                f"(metric values span {b.min():.3f} .. {b.max():.3f})"
-            )
+            ours, theirs = results.get("mechjax", {}), results.get("transformer_lens", {})
+            grids = [np.asarray(r["grid"]) for r in (ours, theirs) if r]
+            if len(grids) == 2:
+                a, b = grids
+                diff = float(np.abs(a - b).max()) if a.shape == b.shape else float("nan")
+                checks.append(
+                    f"- {model}/{sweep}: grid {list(a.shape)}, max |mechjax - TL| = {diff:.2e} "
+                    f"(metric values span {b.min():.3f} .. {b.max():.3f})"
+                )
+            ours_s, theirs_s = _median(ours), _median(theirs)
             speed, target = fmt_ratio(
-                1 / ours["timing"]["median_s"], 1 / theirs["timing"]["median_s"], SPEED_TARGET
+                ours_s and 1 / ours_s, theirs_s and 1 / theirs_s, SPEED_TARGET
             )
             rows.append(
                 [
                     f"{model} ({describe(model, sizes[model])})",
-                    f"{sweep} ({' x '.join(SWEEPS[sweep][1])}, {a.size} cells)",
-                    fmt_s(ours["timing"]["median_s"], 3),
-                    fmt_s(ours["compile_s"], 2),
-                    fmt_s(theirs["timing"]["median_s"], 3),
+                    f"{sweep} ({' x '.join(SWEEPS[sweep][1])}, {grids[0].size} cells)",
+                    fmt_s(ours_s, 3),
+                    fmt_s(ours.get("compile_s"), 2),
+                    fmt_s(theirs_s, 3),
                     speed,
                     target,
-                    f"{ours['peak_mib']:.0f} / {theirs['peak_mib']:.0f}",
+                    " / ".join(_mib(r) for r in (ours, theirs)),
                 ]
             )
 
     print("Agreement (same weights, same tokens):")
-    print("\n".join(checks))
+    print("\n".join(checks) if checks else "- (needs both implementations)")
     print()
     headers = [
         "model",
