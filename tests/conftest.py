@@ -14,6 +14,12 @@ import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+# property tests draw the same examples on every run, so CI is reproducible
+import hypothesis  # noqa: E402
+
+hypothesis.settings.register_profile("mechjax", derandomize=True, database=None)
+hypothesis.settings.load_profile("mechjax")
+
 import mechjax as mj  # noqa: E402
 
 
