@@ -25,20 +25,30 @@ FileExistsError names the file.
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from . import circuit_plots, circuits, heads
 from .config import ModelConfig
 from .factored import FactoredMatrix
+from .html_report import (
+    GENERATOR,
+    cell,
+    check_replaceable,
+    escape,
+    figure,
+    jsonable,
+    label_cell,
+    page,
+    score_cell,
+    section,
+    table,
+)
 from .model import run_with_stream
 from .params import Params, check_params
-from .report import GENERATOR, _check_replaceable, _figure_html, _page, _score_cell, _section
 
 HTML_FILE = "analysis.html"
 JSON_FILE = "analysis.json"
@@ -119,7 +129,7 @@ def analyze_model(
         raise FileExistsError(f"{out} exists and is not a directory; choose another --out")
     files = planned_files(cfg)
     for name in files:  # refuse before writing anything
-        _check_replaceable(out / name)
+        check_replaceable(out / name)
     out.mkdir(parents=True, exist_ok=True)
 
     specials = sorted({int(i) for i in exclude} | ({int(bos_id)} if bos_id is not None else set()))
@@ -187,7 +197,7 @@ def analyze_model(
             circuit_plots.plot_composition_scores, raw, base,
         )  # fmt: skip
         summary["composition"] = {k: _top_pairs(base[k], raw[k]) for k in "QKV"}
-        sections.append(_section("Largest composition scores", _composition_html(summary)))
+        sections.append(section("Largest composition scores", _composition_html(summary)))
 
     if cfg.positional == "learned":
         n = min(cfg.n_ctx, 2 * seg_len + 1)
@@ -209,17 +219,17 @@ def analyze_model(
     if _has_skip_trigrams(cfg):
         from .skip_trigrams import skip_trigrams
 
-        table = skip_trigrams(params, cfg, n_ov=8, n_dst=3, exclude=specials)
+        trigrams = skip_trigrams(params, cfg, n_ov=8, n_dst=3, exclude=specials)
         add(
             "skip_trigrams", "Skip-trigrams read from the QK and OV circuits",
-            circuit_plots.plot_skip_trigrams, table, token_str,
+            circuit_plots.plot_skip_trigrams, trigrams, token_str,
         )  # fmt: skip
         summary["skip_trigrams"] = [
             {"head": f"L{t.layer}H{t.head}", "trigram": t.format(token_str), "ov": t.ov,
              "qk": t.qk[0]}
-            for head_rows in table for t in head_rows
+            for head_rows in trigrams for t in head_rows
         ]  # fmt: skip
-        sections.append(_section("Skip-trigrams", _skip_trigram_html(table, token_str)))
+        sections.append(section("Skip-trigrams", _skip_trigram_html(trigrams, token_str)))
 
     if _has_paths(cfg):
         path_summary = _path_summary(params, cfg, tokens, seg_len, bos_id is not None)
@@ -231,18 +241,18 @@ def analyze_model(
             "correct next token's logit minus the mean logit)", circuit_plots.plot_path_terms,
             labels, values,
         )  # fmt: skip
-        sections.append(_section("Path decomposition", _paths_html(path_summary)))
+        sections.append(section("Path decomposition", _paths_html(path_summary)))
 
-    (out / JSON_FILE).write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    (out / JSON_FILE).write_text(json.dumps(jsonable(summary), indent=2) + "\n")
     body = [
-        _section("Heads", _head_table_html(rows, seg_len, bos_id is not None, len(specials))),
-        *(_figure_html(caption, path) for caption, path in figures),
+        section("Heads", _head_table_html(rows, seg_len, bos_id is not None, len(specials))),
+        *(figure(caption, path) for caption, path in figures),
         *sections,
     ]
-    page = out / HTML_FILE
-    page.write_text(_page(f"mechjax circuit analysis — {cfg.name or 'model'}",
+    html_path = out / HTML_FILE
+    html_path.write_text(page(f"mechjax circuit analysis — {cfg.name or 'model'}",
                           _description(cfg, source), body, "analysis"))  # fmt: skip
-    return page
+    return html_path
 
 
 # -- pieces ------------------------------------------------------------------------------------
@@ -308,28 +318,29 @@ def _description(cfg: ModelConfig, source: str) -> str:
         "attention-only" if cfg.attn_only else f"MLP {cfg.d_mlp}",
         f"{cfg.normalization}, {cfg.positional} positions",
     ]
-    text = html.escape("; ".join(parts))
+    text = escape("; ".join(parts))
     if source:
-        text += f"<br>Source: <code>{html.escape(source)}</code>"
+        text += f"<br>Source: <code>{escape(source)}</code>"
     return text
 
 
 def _head_table_html(rows: list[dict], seg_len: int, has_bos: bool, n_excluded: int) -> str:
     names = [k for k in rows[0] if k not in ("layer", "head", "labels")]
-    header = "".join(f"<th>{html.escape(n.replace('_', ' '))}</th>" for n in names)
-    body = []
-    for r in rows:
-        cells = "".join(_score_cell(r[n]) for n in names)
-        labels = html.escape(", ".join(r["labels"]))
-        body.append(f"<tr><th>L{r['layer']}H{r['head']}</th>{cells}<td>{labels}</td></tr>")
+    header = ["head", *(n.replace("_", " ") for n in names), "labels"]
+    body = [
+        [
+            label_cell(f"L{r['layer']}H{r['head']}"),
+            *(score_cell(r[n]) for n in names),
+            cell(", ".join(r["labels"])),
+        ]
+        for r in rows
+    ]
     bos = "a BOS and " if has_bos else ""
     excluded = f", {n_excluded} token ids left out" if n_excluded else ""
     return (
         f"<p>Detector scores on {bos}two copies of {seg_len} random tokens{excluded} (induction: "
         "TransformerLens convention, label above 0.4); OV / QK copying: Σλ / Σ|λ| over the "
-        "eigenvalues of the full circuits, norm weights folded.</p>"
-        f"<table class='heads'><tr><th>head</th>{header}<th>labels</th></tr>"
-        f"{''.join(body)}</table>"
+        "eigenvalues of the full circuits, norm weights folded.</p>" + table(header, body, "heads")
     )
 
 
@@ -345,35 +356,36 @@ def _composition_html(summary: dict) -> str:
     return "".join(parts)
 
 
-def _skip_trigram_html(table, token_str) -> str:
-    rows = []
-    for head_rows in table:
-        for t in head_rows:
-            rows.append(
-                f"<tr><th>L{t.layer}H{t.head}</th><td style='text-align:left'>"
-                f"{html.escape(t.format(token_str))}</td><td>{t.ov:.3g}</td>"
-                f"<td>{t.qk[0]:.3g}</td></tr>"
-            )
+def _skip_trigram_html(trigrams, token_str) -> str:
+    rows = [
+        [
+            label_cell(f"L{t.layer}H{t.head}"),
+            cell(t.format(token_str), align_left=True),
+            cell(f"{t.ov:.3g}"),
+            cell(f"{t.qk[0]:.3g}"),
+        ]
+        for head_rows in trigrams
+        for t in head_rows
+    ]
     return (
         "<p>Per head, the largest entries of the full OV circuit [src] → [out], and the "
         "destination tokens [dst] whose full-QK entry for key [src] is largest.</p>"
-        "<table><tr><th>head</th><th>[src] … [dst] → [out]</th><th>OV</th><th>QK</th></tr>"
-        + "".join(rows)
-        + "</table>"
+        + table(["head", "[src] … [dst] → [out]", "OV", "QK"], rows)
     )
 
 
 def _paths_html(summary: dict) -> str:
     kinds = list(summary["second_copy"]["by_kind"])
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in kinds)
-    rows = "".join(
-        f"<tr><th>{name.replace('_', ' ')}</th>"
-        + "".join(f"<td>{part['by_kind'][k]:+.3f}</td>" for k in kinds)
-        + f"<td>{part['total']:+.3f}</td></tr>"
+    rows = [
+        [
+            label_cell(name.replace("_", " ")),
+            *(cell(f"{part['by_kind'][k]:+.3f}") for k in kinds),
+            cell(f"{part['total']:+.3f}"),
+        ]
         for name, part in summary.items()
-    )
+    ]
     top = sorted(summary["second_copy"]["terms"].items(), key=lambda kv: -abs(kv[1]))[:10]
-    items = "".join(f"<li>{html.escape(k)}: {v:+.3f}</li>" for k, v in top)
+    items = "".join(f"<li>{escape(k)}: {v:+.3f}</li>" for k, v in top)
     return (
         "<p>Mean contribution of each kind of path to the correct next token's logit minus "
         "the mean logit (attention patterns and norm scales of the input frozen, so the "
@@ -381,18 +393,6 @@ def _paths_html(summary: dict) -> str:
         "head's pattern comes from K-composition with a layer-0 previous-token head, while "
         "its OV circuit copies the attended token's embedding, so it appears mostly in its "
         "single-head term; virtual heads (layer-0 head → layer-1 head) are V-composition.</p>"
-        f"<table><tr><th>positions</th>{head}<th>total</th></tr>{rows}</table>"
-        f"<p>Largest terms on the second copy:</p><ol>{items}</ol>"
+        + table(["positions", *kinds, "total"], rows)
+        + f"<p>Largest terms on the second copy:</p><ol>{items}</ol>"
     )
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic | np.ndarray | jax.Array):
-        return _jsonable(np.asarray(value).tolist())
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value

@@ -108,9 +108,27 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (x * cos[:, None, :] + rotated * sin[:, None, :]).astype(dtype)
 
 
-def attention_mask(n_pos: int, window: jax.Array) -> jax.Array:
-    """`[query_pos, key_pos]` causal mask, keys within `window` positions (inclusive of
-    the query itself: q - k < window). `window` may be traced (per-layer)."""
-    q = jnp.arange(n_pos)[:, None]
-    k = jnp.arange(n_pos)[None, :]
+def attention_mask(n_keys: int, window: jax.Array, queries: tuple[int, int] | None = None):
+    """`[query_pos, key_pos]` causal mask over keys `0 .. n_keys - 1`, keys within `window`
+    positions (inclusive of the query itself: q - k < window). `queries = (start, stop)`
+    selects a block of query rows (default: all `n_keys` of them). `window` may be traced
+    (per-layer)."""
+    start, stop = queries or (0, n_keys)
+    q = jnp.arange(start, stop)[:, None]
+    k = jnp.arange(n_keys)[None, :]
     return (k <= q) & (q - k < window)
+
+
+def causal_query_blocks(n_pos: int, min_rows: int = 32, max_blocks: int = 8):
+    """Split query positions into blocks `[(start, stop), ...]` for causal attention.
+
+    Queries in block `[start, stop)` see keys `0 .. stop - 1` only, so scoring block by
+    block skips most of the masked upper triangle and keeps each block's
+    `[batch, head, rows, keys]` scores small enough to stay in cache: on a 2-core CPU
+    this is 2-4x faster than one `[pos, pos]` score matrix at 256 positions
+    (experiments/benchmarks). At most `max_blocks` blocks (each one is its own pair of
+    matmuls), of at least `min_rows` rows.
+    """
+    n_blocks = max(1, min(max_blocks, n_pos // min_rows))
+    edges = np.linspace(0, n_pos, n_blocks + 1).round().astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))

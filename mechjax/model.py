@@ -51,6 +51,19 @@ class _SiteHooks:
             self.captured[name] = value
 
 
+def _scores(qh, kh, start: int, stop: int, cfg: ModelConfig) -> jax.Array:
+    """Scaled (and soft-capped) attention scores of queries `start .. stop - 1` against
+    keys `0 .. stop - 1`, before masking: `[batch, kv_head, group, stop - start, stop]`.
+    qh [batch, kv_head, group, pos, d_head], kh [batch, kv_head, pos, d_head]."""
+    scores = jnp.einsum("bkgqe,bkse->bkgqs", qh[:, :, :, start:stop], kh[:, :, :stop])
+    return layers.softcap(scores * cfg.attn_scale, cfg.attn_logit_softcap)
+
+
+def _softmax(scores: jax.Array, dtype) -> jax.Array:
+    """Softmax over keys, in float32 whatever the model's dtype (as the references do)."""
+    return jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype)
+
+
 def _attention(h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks):
     """One attention sub-block. h [batch, pos, d_model] (already normed)."""
     B, P, _ = h.shape
@@ -67,18 +80,27 @@ def _attention(h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks
         q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
     q, k, v = site("q", q), site("k", k), site("v", v)
 
-    # query head h belongs to key/value group h // G (HF's repeat_kv order)
-    scores = jnp.einsum("bqkge,bske->bkgqs", q.reshape(B, P, K, G, E), k).reshape(B, -1, P, P)
-    scores = layers.softcap(scores * cfg.attn_scale, cfg.attn_logit_softcap)
-    # edits act on the unmasked scores and the causal/window mask is applied after them:
-    # `0 * -inf` would turn a patch or ablation of masked entries into NaN, and an edit
-    # must not let a query see future keys. The captured scores are the masked ones.
-    mask = layers.attention_mask(P, window)
-    scores = jnp.where(mask, site("scores", scores), -jnp.inf)
-    site.record("scores", scores)
-    pattern = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(h.dtype)
-    pattern = site("pattern", pattern)
-    z = jnp.einsum("bkgqs,bske->bqkge", pattern.reshape(B, K, G, P, P), v).reshape(B, P, -1, E)
+    # head-major layouts; query head h belongs to key/value group h // G (HF's repeat_kv
+    # order). The score matmuls run much faster on CPU in this layout than position-major.
+    qh = q.reshape(B, P, K, G, E).transpose(0, 2, 3, 1, 4)  # [batch, kv_head, group, pos, E]
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [batch, kv_head, pos, E]
+    if site.wants("scores") or site.wants("pattern"):
+        # edits act on the unmasked scores and the causal/window mask is applied after
+        # them: `0 * -inf` would turn a patch or ablation of masked entries into NaN, and
+        # an edit must not let a query see future keys. The captured scores are masked.
+        scores = site("scores", _scores(qh, kh, 0, P, cfg).reshape(B, -1, P, P))
+        scores = jnp.where(layers.attention_mask(P, window), scores, -jnp.inf)
+        site.record("scores", scores)
+        pattern = site("pattern", _softmax(scores, h.dtype))
+        zh = jnp.einsum("bkgqs,bkse->bkgqe", pattern.reshape(B, K, G, P, P), vh)
+    else:  # nothing looks at the scores: skip the masked triangle, block by block
+        zh = []
+        for start, stop in layers.causal_query_blocks(P):
+            scores = _scores(qh, kh, start, stop, cfg)
+            scores = jnp.where(layers.attention_mask(stop, window, (start, stop)), scores, -jnp.inf)
+            zh.append(jnp.einsum("bkgqs,bkse->bkgqe", _softmax(scores, h.dtype), vh[:, :, :stop]))
+        zh = jnp.concatenate(zh, axis=3)
+    z = zh.transpose(0, 3, 1, 2, 4).reshape(B, P, -1, E)
     z = site("z", z)
 
     per_head = site.wants("head_out") or site.wants("head_writes")
@@ -162,33 +184,54 @@ def _run(
     """The traced forward pass (no validation). Returns (logits, captured dict)."""
     dtype = jnp.dtype(cfg.dtype)
     B, P = tokens.shape
-    global_edits = tuple(e for e in edits if not SITES[e.site][0])
-    layer_edits = tuple(e for e in edits if SITES[e.site][0])
-    top = _SiteHooks(capture, global_edits)
-
+    top = _SiteHooks(capture, tuple(e for e in edits if not SITES[e.site][0]))
     embed = jnp.take(params["W_E"], tokens, axis=0) * jnp.asarray(cfg.embed_scale, dtype)
     resid = top("embed", embed)
     if cfg.positional == "learned":
         resid = resid + top("pos_embed", jnp.broadcast_to(params["W_pos"][:P], (B, P, cfg.d_model)))
+    logits, captured = _run_from(params, resid, cfg, 0, capture, edits)
+    return logits, {**top.captured, **captured}
 
+
+def _run_from(
+    params: Params,
+    resid,
+    cfg: ModelConfig,
+    first_layer: int,
+    capture: tuple[str, ...],
+    edits: tuple[Edit, ...],
+):
+    """Blocks `first_layer .. n_layers - 1` and the unembedding, from `resid` [batch, pos,
+    d_model], the residual stream before block `first_layer` (static). Returns (logits,
+    captured dict); per-layer captures are stacked over the layers run. Edit selectors
+    keep absolute layer indices. Activation patching starts here at the earliest patched
+    layer: the blocks before it would only recompute the unpatched run."""
+    P = resid.shape[1]
+    top = _SiteHooks(capture, tuple(e for e in edits if not SITES[e.site][0]))
+    layer_edits = tuple(e for e in edits if SITES[e.site][0])
     stacked: dict[str, jax.Array] = {}
-    if cfg.n_layers:
+    n_run = cfg.n_layers - first_layer
+    if n_run:
         cos, sin = layers.rope_tables(cfg, P) if cfg.positional == "rope" else (None, None)
         windows = np.array(
             [cfg.sliding_window if t == "local" else _NO_WINDOW for t in cfg.resolved_layer_types],
             np.int32,
         )
-        xs = dict(lp=params["blocks"], layer=jnp.arange(cfg.n_layers), window=windows)
+        xs = dict(
+            lp=jax.tree_util.tree_map(lambda w: w[first_layer:], params["blocks"]),
+            layer=jnp.arange(first_layer, cfg.n_layers),
+            window=windows[first_layer:],
+        )
         if cos is not None:
-            xs.update(cos=cos, sin=sin)
+            xs.update(cos=cos[first_layer:], sin=sin[first_layer:])
 
         def body(resid, x):
             hooks = _SiteHooks(capture, layer_edits, x["layer"])
             resid = _block(resid, x["lp"], x.get("cos"), x.get("sin"), x["window"], cfg, hooks)
             return resid, hooks.captured
 
-        # small models unroll fully (faster on CPU); large ones keep one compiled layer
-        unroll = cfg.n_layers if cfg.n_layers <= 4 else 1
+        # small stacks unroll fully (faster on CPU); large ones keep one compiled layer
+        unroll = n_run if n_run <= 4 else 1
         resid, stacked = jax.lax.scan(body, resid, xs, unroll=unroll)
 
     resid = top("final_resid", resid)

@@ -8,23 +8,33 @@
   trajectories in one shared PCA basis -> `compare.html` in `out_dir`.
 
 Files are only ever (over)written under names this module owns; in a compare output
-directory an existing file of the same name is replaced only if mechjax wrote it.
+directory an existing file of the same name is replaced only if mechjax wrote it. The page
+skeleton, tables, embedded figures and that ownership check live in `mechjax.html_report`.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import datetime
-import html
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from . import plots
+from .html_report import (
+    GENERATOR,
+    cell,
+    check_replaceable,
+    escape,
+    figure,
+    jsonable,
+    label_cell,
+    page,
+    score_cell,
+    section,
+    table,
+)
 from .pca import PCAResult, per_token_loss_pca
 from .phase import PhaseChange, phase_change_candidate
 from .runs import HEAD_SCORES, SUMMARY_FILE, Run, find_runs, load_run
@@ -48,7 +58,6 @@ COMPARE_FIGURES = {
     "induction": "compare_best_induction.png",
     "pca": "compare_pca.png",
 }
-GENERATOR = "mechjax"
 
 
 # -- summary ------------------------------------------------------------------------------
@@ -120,7 +129,7 @@ def _summarize(run: Run) -> tuple[dict, PhaseChange | None]:
             "eval_loss_start": _at_step(run, "eval_loss", phase.start),
             "eval_loss_end": _at_step(run, "eval_loss", phase.end),
         }
-    return _jsonable(summary), phase
+    return jsonable(summary), phase
 
 
 def write_summary(run_dir: str | Path) -> dict:
@@ -166,21 +175,6 @@ def _at_step(run: Run, key: str, step: int):
     return values[i] if i < run.n_evals and run.steps[i] == step else None
 
 
-def _jsonable(value):
-    """Numpy scalars/arrays -> Python; NaN/inf -> None (strict JSON)."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 # -- single-run report -------------------------------------------------------------------
 def build_report(run_dir: str | Path) -> Path:
     """Write summary.json, the figures (`REPORT_FIGURES`) and a self-contained
@@ -215,14 +209,14 @@ def build_report(run_dir: str | Path) -> Path:
         add("pca", "Per-token-loss PCA trajectory", plots.plot_pca, pca, steps, labels, [phase])
 
     body = [
-        _section("Summary", _summary_table(summary)),
-        _section("Phase change", _phase_text(summary)),
-        *(_figure_html(caption, path) for caption, path in figures),
-        _section("Head scores at the final evaluation", _head_table(run)),
+        section("Summary", _summary_table(summary)),
+        section("Phase change", _phase_text(summary)),
+        *(figure(caption, path) for caption, path in figures),
+        section("Head scores at the final evaluation", _head_table(run)),
     ]
     title = f"mechjax run report — {run.name}"
     out = run.path / REPORT_FILE
-    out.write_text(_page(title, _run_description(run), body, "report"))
+    out.write_text(page(title, _run_description(run), body, "report"))
     return out
 
 
@@ -251,7 +245,7 @@ def _run_description(run: Run) -> str:
             f"data: {data['name']}"
             + (f" — {data['description']}" if data.get("description") else "")
         )
-    return ". ".join(html.escape(str(p)) for p in parts)
+    return ". ".join(escape(p) for p in parts)
 
 
 SUMMARY_ROWS = (
@@ -280,8 +274,7 @@ def _summary_table(summary: dict) -> str:
             f"L{best['layer']}H{best['head']} ({best['score']:.3f})" if best else "—",
         )
     )
-    cells = "".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(b)}</td></tr>" for a, b in rows)
-    return f"<table class='kv'>{cells}</table>"
+    return table((), [(label_cell(label), cell(value)) for label, value in rows], "kv")
 
 
 def _fmt(value) -> str:
@@ -301,7 +294,7 @@ def _phase_text(summary: dict) -> str:
     if pc is None:
         return (
             "<p>No phase change detected: "
-            f"{html.escape(summary.get('phase_change_note') or 'no ICL score')}.</p>"
+            f"{escape(summary.get('phase_change_note') or 'no ICL score')}.</p>"
         )
     text = (
         f"Detected between steps <b>{pc['start']:,}</b> and <b>{pc['end']:,}</b> "
@@ -326,27 +319,19 @@ def _head_table(run: Run) -> str:
     present = [s for s in present if run.series(s)[-1].size]
     if not present:
         return "<p>No per-head scores (the model has no attention layers).</p>"
-    n_layers, n_heads = run.series(present[0])[-1].shape
-    header = "".join(f"<th>{html.escape(s.replace('_', ' '))}</th>" for s in present)
-    rows = []
-    for layer in range(n_layers):
-        for head in range(n_heads):
-            cells = "".join(_score_cell(run.series(s)[-1][layer, head]) for s in present)
-            rows.append(f"<tr><th>L{layer}H{head}</th>{cells}</tr>")
+    final = {s: run.series(s)[-1] for s in present}  # [layer, head] each
+    n_layers, n_heads = final[present[0]].shape
+    rows = [
+        [label_cell(f"L{layer}H{head}"), *(score_cell(v[layer, head]) for v in final.values())]
+        for layer in range(n_layers)
+        for head in range(n_heads)
+    ]
+    header = ["head", *(s.replace("_", " ") for s in present)]
     step = int(run.steps[-1])
     return (
         f"<p>Step {step:,}. Shaded by score; induction heads score above 0.4 "
-        "(chance ≈ 1 / segment length).</p>"
-        f"<table class='heads'><tr><th>head</th>{header}</tr>{''.join(rows)}</table>"
+        "(chance ≈ 1 / segment length).</p>" + table(header, rows, "heads")
     )
-
-
-def _score_cell(value: float) -> str:
-    if not np.isfinite(value):
-        return "<td>—</td>"
-    alpha = float(np.clip(abs(value), 0, 1)) * 0.6
-    color = "46,139,87" if value >= 0 else "200,60,60"
-    return f"<td style='background: rgba({color},{alpha:.2f})'>{value:.3f}</td>"
 
 
 # -- comparing runs ----------------------------------------------------------------------
@@ -370,7 +355,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
         raise FileExistsError(f"--out {str(out_dir)!r} is a file; pass a directory path")
     own = [*COMPARE_FIGURES.values(), COMPARE_FILE, COMPARE_JSON]
     for name in own:
-        _check_replaceable(out_dir / name)
+        check_replaceable(out_dir / name)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     summaries, phases = zip(*(_summarize(r) for r in runs))
@@ -405,17 +390,17 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
         "pca_explained_variance_ratio": None if pca is None else pca.explained_variance_ratio,
         "pca_note": pca_note,
     }
-    (out_dir / COMPARE_JSON).write_text(json.dumps(_jsonable(record), indent=2) + "\n")
+    (out_dir / COMPARE_JSON).write_text(json.dumps(jsonable(record), indent=2) + "\n")
 
     body = [
-        _section("Runs", _compare_table(runs, summaries)),
-        *(_figure_html(caption, path) for caption, path in figures),
+        section("Runs", _compare_table(runs, summaries)),
+        *(figure(caption, path) for caption, path in figures),
     ]
     if pca_note:
-        body.append(_section("PCA", f"<p>{html.escape(pca_note)}</p>"))
+        body.append(section("PCA", f"<p>{escape(pca_note)}</p>"))
     out = out_dir / COMPARE_FILE
-    description = "Compared runs: " + ", ".join(html.escape(str(r.path)) for r in runs)
-    out.write_text(_page("mechjax run comparison", description, body, "compare"))
+    description = "Compared runs: " + ", ".join(escape(r.path) for r in runs)
+    out.write_text(page("mechjax run comparison", description, body, "compare"))
     return out
 
 
@@ -488,73 +473,5 @@ def _compare_table(runs: Sequence[Run], summaries: Sequence[dict]) -> str:
             f"L{best['layer']}H{best['head']} {best['score']:.2f}" if best else "—",
             f"{pc['start']:,}–{pc['end']:,}" if pc else "none",
         )
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    return f"<table class='heads'><tr>{head}</tr>{''.join(rows)}</table>"
-
-
-def _check_replaceable(path: Path) -> None:
-    """FileExistsError unless `path` is absent or a file mechjax wrote."""
-    if not path.exists():
-        return
-    if path.is_file() and _written_by_mechjax(path):
-        return
-    raise FileExistsError(
-        f"{path} exists and was not written by mechjax; refusing to replace it. Pass an "
-        "empty or new --out directory (or move that file away)"
-    )
-
-
-def _written_by_mechjax(path: Path) -> bool:
-    head = path.read_bytes()[:4096]
-    if path.suffix == ".png":
-        return f"Software\x00{plots.PNG_SOFTWARE}".encode() in head
-    if path.suffix == ".html":
-        return f'<meta name="generator" content="{GENERATOR}'.encode() in head
-    if path.suffix == ".json":
-        try:
-            return str(json.loads(path.read_text()).get("generator", "")).startswith(GENERATOR)
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            return False
-    return False
-
-
-# -- HTML --------------------------------------------------------------------------------
-STYLE = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 960px; color: #222; line-height: 1.45; padding: 0 1em; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
-th { background: #f6f6f6; text-align: left; }
-figure { margin: 1.5em 0; } img { max-width: 100%; }
-figcaption { color: #555; font-size: 0.9em; }
-.muted { color: #777; font-size: 0.85em; }
-"""
-
-
-def _page(title: str, description: str, body: Sequence[str], kind: str) -> str:
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    from . import __version__
-
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head>"
-        f'<meta name="generator" content="{GENERATOR} {kind}">'
-        "<meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{description}</p>"
-        + "\n".join(body)
-        + f"<p class='muted'>Generated by mechjax {__version__} on {stamp}.</p></body></html>\n"
-    )
-
-
-def _section(title: str, content: str) -> str:
-    return f"<h2>{html.escape(title)}</h2>\n{content}"
-
-
-def _figure_html(caption: str, path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (
-        f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
-        f"<figcaption>{html.escape(caption)} ({html.escape(path.name)})</figcaption></figure>"
-    )
+        rows.append([cell(c) for c in cells])
+    return table(header, rows, "heads")

@@ -104,6 +104,23 @@ def test_sweep_equals_single_edits_run_one_by_one(name, site, over, mode):
     np.testing.assert_allclose(result.normalized, expected_norm, rtol=1e-6, atol=1e-6)
 
 
+def test_deep_sweep_with_grouped_start_layers_equals_single_edits():
+    # 10 layers > MAX_LAYER_GROUPS: cells start at shared group starts, in ("pos", "layer")
+    # order, so the regrouping and its inverse permutation are both exercised
+    cfg = MLP2.replace(n_layers=10)
+    params = random_model(cfg)
+    clean, corrupted = _pair(cfg, n_pos=3)
+    result = activation_patching(params, cfg, clean, corrupted, "mlp_out", ("pos", "layer"),
+                                 answers=ANSWERS)  # fmt: skip
+    _, stream = mj.run_with_stream(params, clean, cfg, capture=["mlp_out"])
+    expected = np.zeros(result.raw.shape)
+    for pos, layer in np.ndindex(result.raw.shape):
+        edit = mj.edits.patch("mlp_out", stream["mlp_out"], layer=layer, pos=pos)
+        expected[pos, layer] = _np_logit_diff(mj.forward(params, corrupted, cfg, edits=[edit]))
+    np.testing.assert_allclose(result.raw, expected, rtol=0, atol=2e-5)
+    assert np.ptp(expected) > 0.01  # the patches do differ
+
+
 def test_matches_transformer_lens_patching():
     torch = pytest.importorskip("torch")
     tl_patching = pytest.importorskip("transformer_lens.patching")

@@ -24,9 +24,13 @@ helpers in common.py):
 
 Operations of (a) and (b), each timed separately:
   ov_eig    eigenvalues of every head's OV circuit W_V W_O (TL: `model.OV.eigenvalues`)
-  full_eig  eigenvalues of every head's full OV circuit W_E W_OV W_U
-            (TL: `(W_E @ OV @ W_U).eigenvalues`); at the real vocabulary this forms
-            [layer, head, 256000, 256] factors on both sides (~8 GiB)
+  full_eig  eigenvalues of every head's full OV circuit W_E W_OV W_U. TL:
+            `(W_E @ OV @ W_U).eigenvalues`, which at the real vocabulary forms
+            [layer, head, 256000, 256] factors on both sides (~8 GiB, ~5 T multiply-adds)
+            and takes eig of B A. mechjax: `circuits.full_ov_eigenvalues`, the same
+            eig(B A) with B A = W_O (W_U W_E) W_V: the [d_model, d_model] Gram matrix
+            W_U W_E once for all heads (symmetric with tied embeddings: about half of
+            vocab * d_model^2), no vocab-sized factor
   k_comp    K-composition scores of all head pairs (TL: `all_composition_scores("K")`)
 mechjax calls are wrapped in `jax.jit` (the config static), as a user would.
 Parity is printed beside the table: sorted eigenvalue moduli, copying scores
@@ -160,7 +164,7 @@ def _circuits_mechjax(spec: dict) -> dict:
     params = jax.tree_util.tree_map(jnp.asarray, params)
     calls = {
         "ov_eig": jax.jit(lambda p: circuits.ov_circuit(p, cfg).eigenvalues()),
-        "full_eig": jax.jit(lambda p: circuits.full_ov_circuit(p, cfg).eigenvalues()),
+        "full_eig": jax.jit(lambda p: circuits.full_ov_eigenvalues(p, cfg)),
         "k_comp": lambda p: circuits.composition_scores(p, cfg, "K"),  # jitted inside
     }
     outputs, result = {}, {"case": spec["case"], "impl": spec["impl"], "ops": {}}

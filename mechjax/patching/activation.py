@@ -12,8 +12,13 @@ Wang et al. 2022; see "Interventions and causal methods" in METHODS.md):
 The grid is any combination of the site's axes: ("layer", "pos"), ("layer", "head"),
 ("layer", "head", "pos"), ... An axis not swept is patched whole: ("layer", "head") at
 `z` patches a head at every position. Each cell is a `mechjax.edits.patch`-style `Edit`
-whose selectors are the cell's indices, and all cells run under one `jax.vmap` (or, with
+whose selectors are the cell's indices, and all cells run under `jax.vmap` (or, with
 `chunk_size`, `lax.map` over vmapped chunks) inside one `jax.jit`.
+
+A patch at layer l cannot change anything before block l, so each cell re-runs only the
+blocks from its layer on, starting from the unpatched run's `resid_pre` there (cells are
+grouped by their first layer, `grid.first_layer_groups`): on average about half of the
+forward pass is skipped, and the result is the same as a full re-run.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import jax.numpy as jnp
 
 from ..config import ModelConfig
 from ..edits import Edit
-from ..model import _run
+from ..model import _run, _run_from
 from ..sites import SITES
 from . import grid
 from .metrics import resolve_metric
@@ -45,20 +50,34 @@ def cell_patch(site: str, source: jax.Array, cell: dict) -> Edit:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "site", "chunk_size"))
-def _sweep(params, clean, corrupted, cells, metric, denoise, *, cfg, site, chunk_size):
+@functools.partial(jax.jit, static_argnames=("cfg", "site", "chunk_size", "groups"))
+def _sweep(params, clean, corrupted, cells, metric, denoise, *, cfg, site, chunk_size, groups):
+    """`cells` are ordered by group; `groups` is ((first_layer, n_cells), ...) (static).
+    Returns the raw metrics in that order."""
+    capture = (site, "resid_pre") if cfg.n_layers else (site,)
     (clean_logits, clean_acts), (corrupted_logits, corrupted_acts) = grid.run_pair(
-        params, clean, corrupted, cfg, (site,)
+        params, clean, corrupted, cfg, capture
     )
-    target = grid.pick(denoise, corrupted, clean)
+    target_acts = grid.pick(denoise, corrupted_acts, clean_acts)
     source = grid.pick(denoise, clean_acts[site], corrupted_acts[site])
 
-    def one_cell(cell):
-        logits, _ = _run(params, target, cfg, (), (cell_patch(site, source, cell),))
-        return metric(logits)
+    raws, offset = [], 0
+    for first_layer, n_cells in groups:
+        resid = target_acts["resid_pre"][first_layer] if first_layer else None
 
-    raw = grid.map_cells(one_cell, cells, chunk_size)
-    return raw, metric(clean_logits), metric(corrupted_logits)
+        def one_cell(cell, first_layer=first_layer, resid=resid):
+            edits = (cell_patch(site, source, cell),)
+            if first_layer:
+                logits, _ = _run_from(params, resid, cfg, first_layer, (), edits)
+            else:
+                target = grid.pick(denoise, corrupted, clean)
+                logits, _ = _run(params, target, cfg, (), edits)
+            return metric(logits)
+
+        group_cells = {k: v[offset : offset + n_cells] for k, v in cells.items()}
+        raws.append(grid.map_cells(one_cell, group_cells, chunk_size))
+        offset += n_cells
+    return jnp.concatenate(raws), metric(clean_logits), metric(corrupted_logits)
 
 
 def activation_patching(
@@ -97,15 +116,19 @@ def activation_patching(
     grid.check_chunk_size(chunk_size)
     over, sizes = grid.check_over(site, over, cfg, clean.shape[1])
     metric = resolve_metric(metric, answers, cfg, clean.shape)
+    cells = grid.grid(sizes, over)
+    order, groups = grid.first_layer_groups(cells, site, cfg)
     raw, clean_metric, corrupted_metric = _sweep(
         params,
         clean,
         corrupted,
-        grid.grid(sizes, over),
+        {axis: index[order] for axis, index in cells.items()},
         metric,
         denoise,
         cfg=cfg,
         site=site,
         chunk_size=chunk_size,
+        groups=groups,
     )
+    raw = jnp.zeros_like(raw).at[order].set(raw)  # back to the grid's row-major order
     return grid.make_result(raw, clean_metric, corrupted_metric, site, over, sizes, mode, cfg)

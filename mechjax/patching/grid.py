@@ -163,6 +163,32 @@ def grid(sizes: tuple[int, ...], over: tuple[str, ...]) -> dict[str, jax.Array]:
     return {axis: jnp.asarray(m.reshape(-1), jnp.int32) for axis, m in zip(over, mesh)}
 
 
+MAX_LAYER_GROUPS = 8  # each group compiles its own stack of blocks
+
+
+def first_layer_groups(cells: dict[str, jax.Array], site: str, cfg: ModelConfig):
+    """Group a sweep's cells by the block their patched run starts from.
+
+    A cell patching layer l re-runs blocks l .. n_layers - 1 only. Cells are grouped by
+    start layer, at most `MAX_LAYER_GROUPS` groups (evenly spaced start layers; a cell
+    starts at the last group start <= its layer), so compile time stays bounded for deep
+    models. Cells without a layer index (model-wide sites, or `layer` not swept) start
+    at block 0.
+
+    Returns `(order, groups)`: `order` [cell] (numpy) lists the cells group by group;
+    `groups` is `((first_layer, n_cells), ...)` in that order.
+    """
+    n_cells = len(next(iter(cells.values())))
+    if "layer" not in cells or not is_per_layer(site):
+        return np.arange(n_cells), ((0, n_cells),)
+    starts = np.unique(np.linspace(0, cfg.n_layers, MAX_LAYER_GROUPS + 1).astype(int)[:-1])
+    layer = np.asarray(cells["layer"])
+    first = starts[np.searchsorted(starts, layer, side="right") - 1]
+    order = np.argsort(first, kind="stable")
+    groups = tuple((int(s), int((first == s).sum())) for s in starts if (first == s).any())
+    return order, groups
+
+
 def run_pair(params, clean, corrupted, cfg: ModelConfig, capture: tuple[str, ...]):
     """Clean and corrupted runs as one batched forward pass (inside jit): returns
     `(clean_logits, clean_acts), (corrupted_logits, corrupted_acts)`."""
