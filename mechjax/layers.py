@@ -132,3 +132,11 @@ def causal_query_blocks(n_pos: int, min_rows: int = 32, max_blocks: int = 8):
     n_blocks = max(1, min(max_blocks, n_pos // min_rows))
     edges = np.linspace(0, n_pos, n_blocks + 1).round().astype(int)
     return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+
+
+def attention_batch_chunk(n_batch: int, n_heads: int, n_pos: int, budget: int = 2**21) -> int:
+    """Sequences per chunk of causal attention: the largest divisor of `n_batch` whose
+    `[chunk, head, pos, pos]` scores hold at most `budget` floats (8 MiB; a few such
+    tensors fit in a 32 MiB L3 cache), and at least 1."""
+    fits = max(1, budget // max(1, n_heads * n_pos * n_pos))
+    return max(c for c in range(1, n_batch + 1) if n_batch % c == 0 and c <= fits)

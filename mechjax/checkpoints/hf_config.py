@@ -19,6 +19,21 @@ from ..config import ModelConfig
 TEXT_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text")
 
 # Defaults of the HF config classes (transformers 5.23) for fields a config.json may omit.
+_GEMMA2_DEFAULTS = dict(
+    vocab_size=256_000,
+    hidden_size=2304,
+    intermediate_size=9216,
+    num_hidden_layers=26,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-6,
+    query_pre_attn_scalar=256,
+    sliding_window=4096,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+)
 _DEFAULTS = {
     "gemma": dict(
         vocab_size=256_000,
@@ -31,36 +46,15 @@ _DEFAULTS = {
         max_position_embeddings=8192,
         rms_norm_eps=1e-6,
     ),
-    "gemma2": dict(
-        vocab_size=256_000,
-        hidden_size=2304,
-        intermediate_size=9216,
-        num_hidden_layers=26,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=256,
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-6,
-        query_pre_attn_scalar=256,
-        sliding_window=4096,
-        attn_logit_softcapping=50.0,
-        final_logit_softcapping=30.0,
-    ),
-    "gemma3_text": dict(
-        vocab_size=262_208,
-        hidden_size=2304,
-        intermediate_size=9216,
-        num_hidden_layers=26,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=256,
-        max_position_embeddings=131_072,
-        rms_norm_eps=1e-6,
-        query_pre_attn_scalar=256,
-        sliding_window=4096,
-        attn_logit_softcapping=None,
-        final_logit_softcapping=None,
-    ),
+    "gemma2": _GEMMA2_DEFAULTS,
+    # Gemma3TextConfig: Gemma2Config's defaults but for the vocabulary, context and soft-caps
+    "gemma3_text": {
+        **_GEMMA2_DEFAULTS,
+        "vocab_size": 262_208,
+        "max_position_embeddings": 131_072,
+        "attn_logit_softcapping": None,
+        "final_logit_softcapping": None,
+    },
 }
 _DEFAULT_ROPE_THETA = {"gemma": 10_000.0, "gemma2": 10_000.0, "gemma3_text": 1_000_000.0}
 _GEMMA3_LOCAL_THETA = 10_000.0
