@@ -207,7 +207,7 @@ def ablation_sweep(
     key: jax.Array | None = None,
     metric=None,
     answers=None,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
 ) -> AblationResult:
     """Ablate every head (`[layer, head]`), MLP or layer (`[layer]`) in turn.
 
@@ -222,7 +222,7 @@ def ablation_sweep(
     (tokens,) = grid.check_model_inputs(params, cfg, tokens)
     component_sites(component, cfg)  # validates the component for this model
     _check_method(method)
-    grid.check_chunk_size(chunk_size)
+    chunk_size = grid.check_chunk_size(chunk_size, tokens.shape[0] * tokens.shape[1])
     reference = tokens if reference_tokens is None else reference_tokens
     (reference,) = grid.check_model_inputs(params, cfg, reference)
     if method == "resample":

@@ -176,7 +176,7 @@ def integrated_gradients(
     baseline=None,
     steps: int = 64,
     method: str = "trapezoid",
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
 ) -> IGResult:
     """Integrated gradients of `metric` with respect to the token embeddings.
 
@@ -186,14 +186,15 @@ def integrated_gradients(
     default zeros. Positional embeddings are not attributed (they stay as they are).
     steps: quadrature intervals; method: "trapezoid" (steps + 1 gradient evaluations)
     or "riemann_left" / "riemann_right" / "riemann_middle" (steps evaluations).
-    chunk_size: gradient evaluations per vmapped chunk (None: all at once).
+    chunk_size: gradient evaluations per vmapped chunk ("auto", an int, or None: all
+        at once), as in patching sweeps.
     """
     (tokens,) = grid.check_model_inputs(params, cfg, tokens)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if method not in QUADRATURES:
         raise ValueError(f"method={method!r}: choose one of {QUADRATURES}")
-    grid.check_chunk_size(chunk_size)
+    chunk_size = grid.check_chunk_size(chunk_size, tokens.shape[0] * tokens.shape[1])
     metric = resolve_metric(metric, answers, cfg, tokens.shape)
     shape = (*tokens.shape, cfg.d_model)
     if baseline is None:

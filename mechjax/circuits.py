@@ -13,6 +13,9 @@ Definitions from Elhage et al. 2021, "A Mathematical Framework for Transformer C
 Every circuit is a `FactoredMatrix` with leading axes `[layer, head]`, never a dense
 vocab x vocab array. With grouped-query attention query head h uses key/value head
 `h // group_size` (`cfg.group_size` query heads per kv head).
+The full circuits' eigenvalues (`full_ov_eigenvalues`, `full_qk_eigenvalues`, the copying
+scores) go through the `[d_model, d_model]` Gram matrix of the embedding instead of the
+vocab-sized factors: `B A = W_O (W_U W_E) W_V`, computed once for all heads.
 
 These are the weights as stored; they leave out biases, the attention scale
 (`cfg.attn_scale`), soft-capping, every norm (Gemma 3's per-head q/k norms included: they
@@ -414,10 +417,12 @@ def full_ov_eigenvalues(params: Params, cfg: ModelConfig) -> jax.Array:
     `FactoredMatrix.eigenvalues`). The Gram matrix `G = W_U W_E [d_model, d_model]` is
     computed once for all layers and heads (vocab * d_model^2 multiply-adds; about half of
     that with tied embeddings, where G = W_E^T W_E is symmetric), so no
-    `[layer, head, vocab, d_head]` factor is formed: at Gemma-2-2B widths that is a few
-    GiB and ~4x the work. As with `FactoredMatrix.eigenvalues`, these are the d_head
-    eigenvalues of `B A`: the vocab x vocab circuit has vocab - d_head further zeros (for
-    vocab < d_head, d_head - vocab of these are extra zeros). The embedding is scaled by
+    `[layer, head, vocab, d_head]` factor is formed (at Gemma-2-2B widths those factors
+    take GiBs and 4-7x the multiply-adds).
+
+    As with `FactoredMatrix.eigenvalues`, these are the d_head eigenvalues of `B A`: the
+    vocab x vocab circuit has them plus vocab - d_head zeros (for vocab < d_head it has
+    vocab eigenvalues, and `B A` adds d_head - vocab zeros). The embedding is scaled by
     `cfg.embed_scale`; norms are left out (call `fold_norms` first). Computed in float32
     (bf16/fp16 weights are upcast; `eig` has no half-precision kernel). CPU only (`eig`).
     """

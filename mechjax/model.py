@@ -35,9 +35,6 @@ class _SiteHooks:
         self.layer_index = layer_index
         self.captured: dict[str, jax.Array] = {}
 
-    def edits_any(self, names) -> bool:
-        return any(e.site in names for e in self.edits)
-
     def wants(self, name: str) -> bool:
         return name in self.capture or any(e.site == name for e in self.edits)
 
@@ -67,45 +64,36 @@ def _softmax(scores: jax.Array, dtype) -> jax.Array:
     return jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype)
 
 
-def _attention_blocks(qh, kh, vh, window, cfg: ModelConfig, dtype, keep: tuple[str, ...]):
+def _attention_blocks(qh, kh, vh, window, cfg: ModelConfig, dtype) -> jax.Array:
     """Masked softmax attention, query block by query block (`layers.causal_query_blocks`):
-    the masked triangle above the blocks is never computed. Shapes as `_causal_attention`.
-    Returns `(zh, kept)`: `kept` holds the whole masked "scores" / "pattern" named in
-    `keep`, `[batch, kv_head, group, query_pos, key_pos]` (the skipped triangle filled
-    with what masking gives: -inf scores, zero attention)."""
-    P = qh.shape[3]
-    zh, kept = [], {name: [] for name in keep}
-    for start, stop in layers.causal_query_blocks(P):
+    the masked triangle above the blocks is never computed. Shapes as `_causal_attention`."""
+    zh = []
+    for start, stop in layers.causal_query_blocks(qh.shape[3]):
         scores = _scores(qh, kh, start, stop, cfg)
         scores = jnp.where(layers.attention_mask(stop, window, (start, stop)), scores, -jnp.inf)
-        pattern = _softmax(scores, dtype)
-        zh.append(jnp.einsum("bkgqs,bkse->bkgqe", pattern, vh[:, :, :stop]))
-        for name, block, fill in (("scores", scores, -jnp.inf), ("pattern", pattern, 0)):
-            if name in keep:
-                pad = [(0, 0)] * 4 + [(0, P - stop)]
-                kept[name].append(jnp.pad(block, pad, constant_values=fill))
-    return jnp.concatenate(zh, axis=3), {k: jnp.concatenate(v, axis=3) for k, v in kept.items()}
+        zh.append(jnp.einsum("bkgqs,bkse->bkgqe", _softmax(scores, dtype), vh[:, :, :stop]))
+    return jnp.concatenate(zh, axis=3)
 
 
-def _causal_attention(qh, kh, vh, window, cfg: ModelConfig, dtype, keep: tuple[str, ...] = ()):
+def _causal_attention(qh, kh, vh, window, cfg: ModelConfig, dtype) -> jax.Array:
     """The mixed values `[batch, kv_head, group, pos, d_head]` of queries qh `[batch,
-    kv_head, group, pos, d_head]` over keys/values kh, vh `[batch, kv_head, pos, d_head]`,
-    and the scores / pattern named in `keep` (see `_attention_blocks`).
+    kv_head, group, pos, d_head]` over keys/values kh, vh `[batch, kv_head, pos, d_head]`.
 
     On CPU attention is bound by memory traffic on the `[head, query, key]` score tensors,
     not by arithmetic. So sequences go through in small chunks (`lax.map`; each chunk's
     scores stay in cache and reuse one buffer), and each chunk is rematerialised in the
     backward pass rather than storing its softmax for the whole batch. Same values as
-    one big masked softmax; 3-6x faster at the training sizes of the benchmarks.
+    one big masked softmax; several times faster at the benchmarks' training sizes
+    (experiments/benchmarks/README.md).
     """
     B, _, _, P, _ = qh.shape
     chunk = layers.attention_batch_chunk(B, cfg.n_heads, P)
     if chunk == B:
-        return _attention_blocks(qh, kh, vh, window, cfg, dtype, keep)
-    body = jax.checkpoint(lambda x: _attention_blocks(*x, window, cfg, dtype, keep))
+        return _attention_blocks(qh, kh, vh, window, cfg, dtype)
+    body = jax.checkpoint(lambda x: _attention_blocks(*x, window, cfg, dtype))
     split = lambda x: x.reshape(B // chunk, chunk, *x.shape[1:])  # noqa: E731
-    out = jax.lax.map(body, (split(qh), split(kh), split(vh)))
-    return jax.tree_util.tree_map(lambda x: x.reshape(B, *x.shape[2:]), out)
+    zh = jax.lax.map(body, (split(qh), split(kh), split(vh)))
+    return zh.reshape(B, *zh.shape[2:])
 
 
 def _attention(h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks):
@@ -128,7 +116,7 @@ def _attention(h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks
     # order). The score matmuls run much faster on CPU in this layout than position-major.
     qh = q.reshape(B, P, K, G, E).transpose(0, 2, 3, 1, 4)  # [batch, kv_head, group, pos, E]
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [batch, kv_head, pos, E]
-    if site.edits_any(("scores", "pattern")):
+    if site.wants("scores") or site.wants("pattern"):
         # edits act on the unmasked scores and the causal/window mask is applied after
         # them: `0 * -inf` would turn a patch or ablation of masked entries into NaN, and
         # an edit must not let a query see future keys. The captured scores are masked.
@@ -137,11 +125,8 @@ def _attention(h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks
         site.record("scores", scores)
         pattern = site("pattern", _softmax(scores, h.dtype))
         zh = jnp.einsum("bkgqs,bkse->bkgqe", pattern.reshape(B, K, G, P, P), vh)
-    else:  # the fast path; captured scores / pattern are assembled from its blocks
-        keep = tuple(name for name in ("scores", "pattern") if name in site.capture)
-        zh, kept = _causal_attention(qh, kh, vh, window, cfg, h.dtype, keep)
-        for name, value in kept.items():
-            site.record(name, value.reshape(B, -1, P, P))
+    else:  # nothing reads or edits the scores: the fast path
+        zh = _causal_attention(qh, kh, vh, window, cfg, h.dtype)
     z = zh.transpose(0, 3, 1, 2, 4).reshape(B, P, -1, E)
     z = site("z", z)
 

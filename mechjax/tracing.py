@@ -145,7 +145,7 @@ def causal_trace(
     noise_scale: float = 3.0,
     window: int = 10,
     kinds=("hidden", "mlp", "attn"),
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
 ) -> TracingResult:
     """Causal tracing heat maps for `tokens [batch, pos]` (prompts of equal length with
     the subject at the same positions; one prompt is `tokens[None]`).
@@ -184,7 +184,7 @@ def causal_trace(
         raise ValueError(f"kinds={kinds!r}: choose from {tuple(KINDS)}")
     if cfg.attn_only:
         kinds = tuple(k for k in kinds if k != "mlp")
-    grid.check_chunk_size(chunk_size)
+    chunk_size = grid.check_chunk_size(chunk_size, tokens.shape[0] * tokens.shape[1])
     if noise_std is None:
         noise_std = noise_scale * embedding_std(params, cfg)
     if not noise_std >= 0:

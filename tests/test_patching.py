@@ -331,3 +331,14 @@ def test_bad_input_raises_before_compiling():
         path_patching(params, ATTN2, clean, corrupted, "logits", receiver_pos=[5], **call)
     with pytest.raises(ValueError, match="no site"):
         attribution_patching(params, ATTN2, clean, corrupted, ["mlp_out"], **call)
+
+
+def test_chunk_size_auto_and_bad_values():
+    from mechjax.patching import grid
+
+    assert grid.check_chunk_size("auto", 512) == grid.AUTO_CHUNK_TOKENS // 512
+    assert grid.check_chunk_size("auto", 10**6) == 1  # never zero cells per chunk
+    assert grid.check_chunk_size(None, 512) is None and grid.check_chunk_size(3, 512) == 3
+    for bad in (0, -1, 2.5, True, "big"):
+        with pytest.raises(ValueError, match="chunk_size"):
+            grid.check_chunk_size(bad, 512)

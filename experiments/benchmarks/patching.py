@@ -237,7 +237,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, help="prompts per run (default 8; quick 2)")
     parser.add_argument("--repeats", type=int, help="timed calls (mechjax)")
     parser.add_argument("--tl-repeats", type=int, help="timed calls (TransformerLens)")
-    parser.add_argument("--chunk-size", type=int, help="mechjax cells per vmapped chunk")
+    parser.add_argument(
+        "--chunk-size",
+        type=lambda v: v if v in ("auto", "none") else int(v),
+        default="auto",
+        help="mechjax cells per vmapped chunk: auto (the default), an int, or none (one vmap)",
+    )
     parser.add_argument(
         "--impls", default=",".join(IMPLS), help=f"subset of {IMPLS} (e.g. mechjax alone)"
     )
@@ -264,7 +269,7 @@ def main(argv=None) -> int:
         "warmup": sizes["warmup"],
         "repeats": args.repeats or sizes["repeats"],
         "tl_repeats": args.tl_repeats or sizes["tl_repeats"],
-        "chunk_size": args.chunk_size,
+        "chunk_size": None if args.chunk_size == "none" else args.chunk_size,
         "seed": 0,
     }
 

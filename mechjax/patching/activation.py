@@ -91,7 +91,7 @@ def activation_patching(
     metric=None,
     answers=None,
     mode: str = "denoise",
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
 ) -> grid.PatchingResult:
     """Patch `site` at every cell of the grid `over` and measure `metric`.
 
@@ -105,7 +105,8 @@ def activation_patching(
         metric or any callable); or give `answers=(correct, wrong)` (ints or [batch])
         for the default, the logit difference at the last position.
     mode: "denoise" or "noise" (see the module docstring).
-    chunk_size: cells per vmapped chunk (None: all cells in one vmap).
+    chunk_size: cells per vmapped chunk: "auto" (about `grid.AUTO_CHUNK_TOKENS` tokens
+        per chunk), an int, or None (all cells in one vmap).
 
     Returns a `PatchingResult` with `raw` and `normalized` arrays of shape [len(axis)
     for axis in over].
@@ -113,7 +114,7 @@ def activation_patching(
     clean, corrupted = grid.check_model_inputs(params, cfg, clean_tokens, corrupted_tokens)
     grid.check_site(site, cfg)
     denoise = grid.check_mode(mode)
-    grid.check_chunk_size(chunk_size)
+    chunk_size = grid.check_chunk_size(chunk_size, clean.shape[0] * clean.shape[1])
     over, sizes = grid.check_over(site, over, cfg, clean.shape[1])
     metric = resolve_metric(metric, answers, cfg, clean.shape)
     cells = grid.grid(sizes, over)

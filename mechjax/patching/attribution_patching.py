@@ -178,7 +178,7 @@ def compare_with_exact(
     metric=None,
     answers=None,
     mode: str = "noise",
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
 ) -> Comparison:
     """Run attribution patching and exact activation patching at `site` over `over`
     (default `default_over(site)`) with the same metric and mode, and compare them."""

@@ -167,7 +167,7 @@ def path_patching(
     freeze_mlps: bool = True,
     sender_pos=None,
     receiver_pos=None,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
 ) -> grid.PatchingResult:
     """Path-patch every sender head (layer x head) into `receivers`.
 
@@ -190,7 +190,7 @@ def path_patching(
     if cfg.n_layers == 0:
         raise ValueError("path patching needs a model with at least one layer of heads")
     receivers = check_receivers(receivers, cfg)
-    grid.check_chunk_size(chunk_size)
+    chunk_size = grid.check_chunk_size(chunk_size, clean.shape[0] * clean.shape[1])
     n_pos = clean.shape[1]
     sender_idx = _positions(sender_pos, n_pos, "sender_pos")
     sender_mask = jnp.ones((n_pos,), jnp.dtype(cfg.dtype))
