@@ -33,7 +33,6 @@ import numpy as np
 
 from . import circuit_plots, circuits, heads
 from .config import ModelConfig
-from .factored import FactoredMatrix
 from .html_report import (
     GENERATOR,
     cell,
@@ -171,9 +170,7 @@ def analyze_model(
         "patterns", "Attention patterns on a repeated random sequence (first of the batch)",
         circuit_plots.plot_attention_patterns, pattern, seg_len=seg_len, heads=panel_heads,
     )  # fmt: skip
-    full_ov = circuits.full_ov_circuit(folded, folded_cfg)
-    eig_input = FactoredMatrix(full_ov.A.astype(np.float32), full_ov.B.astype(np.float32))
-    eigenvalues = np.asarray(eig_input.eigenvalues())  # float32: eig has no bf16 kernel
+    eigenvalues = np.asarray(circuits.full_ov_eigenvalues(folded, folded_cfg))
     add(
         "eigenvalues", "Eigenvalues of each head's full OV circuit W_E W_OV W_U "
         "(title: OV copying score)", circuit_plots.plot_ov_eigenvalues, eigenvalues,
