@@ -54,10 +54,12 @@ def cell_patch(site: str, source: jax.Array, cell: dict) -> Edit:
 def _sweep(params, clean, corrupted, cells, metric, denoise, *, cfg, site, chunk_size, groups):
     """`cells` are ordered by group; `groups` is ((first_layer, n_cells), ...) (static).
     Returns the raw metrics in that order."""
-    capture = (site, "resid_pre") if cfg.n_layers else (site,)
+    # the target run's residual stream is only needed where cells start past block 0
+    capture = (site, "resid_pre") if any(first for first, _ in groups) else (site,)
     (clean_logits, clean_acts), (corrupted_logits, corrupted_acts) = grid.run_pair(
         params, clean, corrupted, cfg, capture
     )
+    target = grid.pick(denoise, corrupted, clean)
     target_acts = grid.pick(denoise, corrupted_acts, clean_acts)
     source = grid.pick(denoise, clean_acts[site], corrupted_acts[site])
 
@@ -70,7 +72,6 @@ def _sweep(params, clean, corrupted, cells, metric, denoise, *, cfg, site, chunk
             if first_layer:
                 logits, _ = _run_from(params, resid, cfg, first_layer, (), edits)
             else:
-                target = grid.pick(denoise, corrupted, clean)
                 logits, _ = _run(params, target, cfg, (), edits)
             return metric(logits)
 
