@@ -5,15 +5,16 @@ cfg = mj.presets.attn_only(2)
 params = mj.init_params(jax.random.key(0), cfg)
 logits, stream = mj.run_with_stream(params, tokens, cfg)
 
-Analysis modules are attributes (`mj.heads`, `mj.circuits`, `mj.patching`, `mj.lens`,
-`mj.attribution`, `mj.ablation`, `mj.tracing`, `mj.checkpoints`); training and data are
-imported explicitly (`mechjax.train`, `mechjax.data`).
+Analysis modules are attributes (`mj.heads`, `mj.circuits`, `mj.circuit_eigen`,
+`mj.patching`, `mj.lens`, `mj.attribution`, `mj.ablation`, `mj.tracing`,
+`mj.checkpoints`); training and data are imported explicitly (`mechjax.train`, `mechjax.data`).
 """
 
 from . import (
     ablation,
     attribution,
     checkpoints,
+    circuit_eigen,
     circuits,
     edits,
     factored,
@@ -35,6 +36,7 @@ __all__ = [
     "ablation",
     "attribution",
     "checkpoints",
+    "circuit_eigen",
     "circuits",
     "factored",
     "heads",

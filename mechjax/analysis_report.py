@@ -7,7 +7,7 @@ What it computes (each only where it applies to the model):
 * head detectors (`mechjax.heads.detect_heads`, TransformerLens convention: a BOS and two
   copies of a random segment) and the labelled head table (`heads.head_table`), with
   each head's eigenvalue copying scores of its full OV and QK circuits added
-  (`circuits.ov_copying_scores` / `qk_copying_scores`, norm weights folded first);
+  (`circuit_eigen.ov_copying_scores` / `qk_copying_scores`, norm weights folded first);
 * figures (`mechjax.circuit_plots`): attention patterns on the repeated sequence, the
   full-OV eigenvalues of every head in the complex plane, the QK-vs-OV copying plane,
   Q/K/V-composition heat maps (2+ layers, raw and minus the random baseline), the
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import circuit_plots, circuits, heads
+from . import circuit_eigen, circuit_plots, circuits, heads
 from .config import ModelConfig
 from .html_report import (
     GENERATOR,
@@ -138,8 +138,8 @@ def analyze_model(
     )
     scores = heads.detect_heads(params, cfg, tokens, seg_len=seg_len, n_repeats=2, bos_id=bos_id)
     folded, folded_cfg = circuits.fold_norms(params, cfg)
-    scores["ov_copying"] = np.asarray(circuits.ov_copying_scores(folded, folded_cfg))
-    scores["qk_copying"] = np.asarray(circuits.qk_copying_scores(folded, folded_cfg))
+    scores["ov_copying"] = np.asarray(circuit_eigen.ov_copying_scores(folded, folded_cfg))
+    scores["qk_copying"] = np.asarray(circuit_eigen.qk_copying_scores(folded, folded_cfg))
     rows = heads.head_table(scores)
     panel_heads = _panel_heads(scores, cfg)
 
@@ -170,7 +170,7 @@ def analyze_model(
         "patterns", "Attention patterns on a repeated random sequence (first of the batch)",
         circuit_plots.plot_attention_patterns, pattern, seg_len=seg_len, heads=panel_heads,
     )  # fmt: skip
-    eigenvalues = np.asarray(circuits.full_ov_eigenvalues(folded, folded_cfg))
+    eigenvalues = np.asarray(circuit_eigen.full_ov_eigenvalues(folded, folded_cfg))
     add(
         "eigenvalues", "Eigenvalues of each head's full OV circuit W_E W_OV W_U "
         "(title: OV copying score)", circuit_plots.plot_ov_eigenvalues, eigenvalues,

@@ -1,10 +1,11 @@
 """Circuit figures (matplotlib, no pyplot): the pictures of Elhage et al. 2021 ("A
 Mathematical Framework for Transformer Circuits") and Olsson et al. 2022.
 
-Every function takes arrays (computed by `mechjax.circuits`, `mechjax.heads`,
-`mechjax.skip_trigrams`, `mechjax.paths`), builds a `matplotlib.figure.Figure` on the
-Agg canvas without touching pyplot's global state, saves it as PNG when `path` is given
-(stamped as written by mechjax, like `mechjax.plots`) and returns it.
+Every function takes arrays (computed by `mechjax.circuits`, `mechjax.circuit_eigen`,
+`mechjax.heads`, `mechjax.skip_trigrams`, `mechjax.paths`), builds a
+`matplotlib.figure.Figure` on the Agg canvas without touching pyplot's global state, saves
+it as PNG when `path` is given (stamped as written by mechjax, `mechjax.figures`) and
+returns it.
 
     plot_attention_patterns   attention of many heads on one repeated sequence
     plot_ov_eigenvalues       each head's full-OV eigenvalues in the complex plane
@@ -26,7 +27,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
-from .plots import _cmap, _finish
+from .figures import colormap, finish_figure, new_figure
 
 MAX_PANELS = 64  # beyond this, panels become unreadable: pass `heads` to choose
 POSITIVE, NEGATIVE = "tab:blue", "tab:red"
@@ -91,7 +92,7 @@ def plot_attention_patterns(
         ax.set_yticks([])
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention")
     fig.suptitle(title or "Attention patterns (rows: query, columns: key)")
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 # -- eigenvalues and copying ---------------------------------------------------------------------
@@ -104,7 +105,7 @@ def plot_ov_eigenvalues(
     disc per head as in Elhage et al.'s figure: each head's eigenvalues are divided by
     their largest modulus, so they lie in the disc; points with a positive real part in
     blue, negative in red. A copying head's eigenvalues crowd the positive real axis.
-    `scores [layer, head]` (e.g. `ov_copying_scores`) go into the panel titles."""
+    `scores [layer, head]` (e.g. `circuit_eigen.ov_copying_scores`) go into the panel titles."""
     eigenvalues = _as_array(eigenvalues, 3, "eigenvalues", "plot_ov_eigenvalues")
     heads = _all_heads(*eigenvalues.shape[:2], heads)
     fig, axes = _grid(len(heads), 1.5)
@@ -127,7 +128,7 @@ def plot_ov_eigenvalues(
             label += f" {float(np.asarray(scores)[layer, h]):+.2f}"
         ax.set_title(label, fontsize=8)
     fig.suptitle(title or "Full OV circuit eigenvalues (scaled to the unit disc)")
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_copying_plane(ov_scores, qk_scores, *, path=None, title: str | None = None) -> Figure:
@@ -138,11 +139,10 @@ def plot_copying_plane(ov_scores, qk_scores, *, path=None, title: str | None = N
     qk = _as_array(qk_scores, 2, "qk_scores", "plot_copying_plane")
     if ov.shape != qk.shape:
         raise ValueError(f"plot_copying_plane: ov {ov.shape} and qk {qk.shape} shapes differ")
-    fig = Figure(figsize=(5.6, 5.2), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = new_figure(5.6, 5.2)
     ax.axhline(0, color="0.7", lw=0.8)
     ax.axvline(0, color="0.7", lw=0.8)
-    cmap = _cmap("viridis")
+    cmap = colormap("viridis")
     n_layers = ov.shape[0]
     for layer in range(n_layers):
         color = cmap(layer / max(1, n_layers - 1))
@@ -159,7 +159,7 @@ def plot_copying_plane(ov_scores, qk_scores, *, path=None, title: str | None = N
     if n_layers <= 12:
         ax.legend(fontsize=7, loc="lower left")
     ax.set_title(title or "Copying: OV vs QK eigenvalue scores")
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 # -- composition ---------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def plot_composition_scores(
             ax.set_ylabel("earlier head (writes)")
             ax.set_xlabel("later head (reads)")
     fig.suptitle(title or "Composition scores ‖W_OV¹ W²‖ / (‖W_OV¹‖ ‖W²‖)")
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 # -- tables and profiles -------------------------------------------------------------------------
@@ -233,8 +233,7 @@ def plot_skip_trigrams(
     cells = [
         [f"L{t.layer}H{t.head}", t.format(token_str), f"{t.ov:.3g}", f"{t.qk[0]:.3g}"] for t in rows
     ]
-    fig = Figure(figsize=(7.0, 0.5 + 0.24 * len(cells)), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = new_figure(7.0, 0.5 + 0.24 * len(cells))
     ax.axis("off")
     grid = ax.table(
         cellText=cells,
@@ -246,7 +245,7 @@ def plot_skip_trigrams(
     grid.auto_set_font_size(False)
     grid.set_fontsize(8)
     ax.set_title("Skip-trigrams: largest full-OV entries and the destinations attending to them")
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_positional_qk(values, *, heads=None, path=None, title: str | None = None) -> Figure:
@@ -271,7 +270,7 @@ def plot_positional_qk(values, *, heads=None, path=None, title: str | None = Non
             ax.set_xticks([])
             ax.set_yticks([])
         fig.suptitle(title or "Positional QK circuit W_pos W_QK W_posᵀ (rows: query)")
-        return _finish(fig, path)
+        return finish_figure(fig, path)
     if values.ndim != 3:
         raise ValueError(
             "plot_positional_qk: values must be [layer, head, q, k] (learned positions) or "
@@ -287,7 +286,7 @@ def plot_positional_qk(values, *, heads=None, path=None, title: str | None = Non
         if values.shape[1] <= 8:
             ax.legend(fontsize=6)
     fig.suptitle(title or "RoPE: QK score of a vector with itself vs offset")
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_path_terms(
@@ -301,12 +300,11 @@ def plot_path_terms(
             f"plot_path_terms: {len(labels)} labels but values of shape {values.shape}"
         )
     order = np.argsort(-np.abs(values))[:n][::-1]
-    fig = Figure(figsize=(6.0, 0.6 + 0.26 * len(order)), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = new_figure(6.0, 0.6 + 0.26 * len(order))
     colors = [POSITIVE if values[i] >= 0 else NEGATIVE for i in order]
     ax.barh(range(len(order)), values[order], color=colors)
     ax.set_yticks(range(len(order)), [labels[i] for i in order], fontsize=8)
     ax.axvline(0, color="0.5", lw=0.8)
     ax.set_xlabel("contribution (logit)")
     ax.set_title(title or "Largest path terms")
-    return _finish(fig, path)
+    return finish_figure(fig, path)

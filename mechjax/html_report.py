@@ -146,7 +146,7 @@ def written_by_mechjax(path: Path) -> bool:
     path = Path(path)
     head = path.read_bytes()[:4096]
     if path.suffix == ".png":
-        from .plots import PNG_SOFTWARE  # plots loads matplotlib: only when a PNG is checked
+        from .figures import PNG_SOFTWARE  # loads matplotlib: only when a PNG is checked
 
         return f"Software\x00{PNG_SOFTWARE}".encode() in head
     if path.suffix == ".html":

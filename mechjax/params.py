@@ -174,5 +174,11 @@ def unembedding(params: Params) -> jax.Array:
     return params["W_U"] if "W_U" in params else params["W_E"].T
 
 
+def per_query_head(w: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Key/value weights `[layer, kv_head, ...]` -> `[layer, head, ...]` (head h uses kv
+    head h // group_size, the order in which the forward pass groups query heads)."""
+    return jnp.repeat(w, cfg.group_size, axis=1) if cfg.group_size > 1 else w
+
+
 def count_params(params: Params) -> int:
     return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))

@@ -63,7 +63,7 @@ from .circuits import direct_path, fold_norms, ov_circuit, qk_circuit
 from .config import ModelConfig
 from .factored import FactoredMatrix
 from .model import run_with_stream
-from .params import Params, unembedding
+from .params import Params, per_query_head, unembedding
 from .sites import capturable
 from .stream import Stream, apply_final_norm_linear, logit_bias
 
@@ -150,7 +150,7 @@ def _decompose(params, stream: Stream, ids, minus, *, cfg, split_positional, mod
             value_in = value_in + jnp.einsum("d,hde->he", blocks["ln1_b"][layer], ov.A[layer])
         out = jnp.zeros((cfg.d_model,), jnp.float32)
         if cfg.use_attn_bias:
-            value_in = value_in + jnp.repeat(blocks["b_V"][layer], cfg.group_size, axis=0)
+            value_in = value_in + per_query_head(blocks["b_V"], cfg)[layer]
             out = out + blocks["b_O"][layer]
         return out + jnp.einsum("he,hed->d", value_in, ov.B[layer])
 

@@ -10,31 +10,20 @@ change (`mechjax.phase.PhaseChange`) is shaded as a band with its steepest point
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+# PNG_SOFTWARE now lives in figures; still importable from here
+from .figures import PNG_SOFTWARE, colormap, finish_figure, new_figure  # noqa: F401
 from .pca import PCAResult
 from .phase import PhaseChange
 from .runs import FinalPattern, Run
 
-PNG_SOFTWARE = "mechjax"  # written into every PNG, so our own files can be recognised
 BAND_COLOR = "tab:orange"
 RUN_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:pink")
-
-
-def _figure(width: float = 7.0, height: float = 4.0) -> tuple[Figure, object]:
-    fig = Figure(figsize=(width, height), layout="constrained")
-    return fig, fig.add_subplot()
-
-
-def _finish(fig: Figure, path: str | Path | None) -> Figure:
-    if path is not None:
-        fig.savefig(path, dpi=110, metadata={"Software": PNG_SOFTWARE})
-    return fig
 
 
 def _positive(steps: np.ndarray, *series: np.ndarray):
@@ -67,7 +56,7 @@ def _step_axis(ax, xlabel: str = "training step") -> None:
 
 def plot_loss(run: Run, phase: PhaseChange | None = None, path=None) -> Figure:
     """Train and eval loss vs step (log x), phase-change band shaded."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     for key, name, style in (("train_loss", "train", "-"), ("eval_loss", "eval", "o-")):
         values = run.series(key)
         if values is None:
@@ -80,12 +69,12 @@ def plot_loss(run: Run, phase: PhaseChange | None = None, path=None) -> Figure:
     ax.set_ylabel("loss (nats / token)")
     ax.set_title(f"Loss — {run.label}")
     _legend(ax, loc="best")
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_icl(run: Run, phase: PhaseChange | None = None, path=None) -> Figure:
     """ICL score vs step with the phase-change band; best induction score on a right axis."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     icl = run.series("icl_score")
     handles = []
     if icl is not None:
@@ -109,7 +98,7 @@ def plot_icl(run: Run, phase: PhaseChange | None = None, path=None) -> Figure:
     if handles:
         ax.legend(handles=handles, loc="center left", fontsize=8)
     ax.set_title(f"In-context learning — {run.label}")
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def _icl_indices_text(run: Run) -> str:
@@ -138,7 +127,7 @@ def plot_head_scores(
         raise ValueError(f"run {run.label!r} has no evaluation after step 0 to draw")
     n_layers, n_heads = scores.shape[1:]
     grid = scores.reshape(len(steps), n_layers * n_heads).T  # [layer*head, eval]
-    fig, ax = _figure(7.0, 1.4 + 0.22 * n_layers * n_heads)
+    fig, ax = new_figure(7.0, 1.4 + 0.22 * n_layers * n_heads)
     mesh = ax.pcolormesh(
         _log_edges(steps),
         np.arange(n_layers * n_heads + 1) - 0.5,
@@ -158,7 +147,7 @@ def plot_head_scores(
     ax.grid(False)
     fig.colorbar(mesh, ax=ax, label=f"{score.replace('_', '-')} score")
     ax.set_title(f"Per-head {score.replace('_', ' ')} score over training — {run.label}")
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def _log_edges(steps: np.ndarray) -> np.ndarray:
@@ -196,9 +185,10 @@ def plot_loss_by_position(
         raise ValueError(f"run {run.label!r} recorded no 'loss_by_pos'; nothing to draw")
     steps = run.steps
     evals = pick_evals(steps, phase) if evals is None else list(evals)
-    fig, ax = _figure()
+    fig, ax = new_figure()
     index = np.arange(1, by_pos.shape[1] + 1)  # token index of each column
-    colors = _cmap("viridis")(np.linspace(0.0, 0.9, max(len(evals), 2)))  # early dark, late light
+    # early evaluations dark, late ones light
+    colors = colormap("viridis")(np.linspace(0.0, 0.9, max(len(evals), 2)))
     for color, i in zip(colors, evals):
         ax.plot(
             index,
@@ -217,7 +207,7 @@ def plot_loss_by_position(
     ax.grid(True, alpha=0.3)
     _legend(ax)
     ax.set_title(f"Loss by token index — {run.label} (dotted: ICL indices)")
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def _phase_tag(step: int, phase: PhaseChange | None) -> str:
@@ -230,17 +220,11 @@ def _phase_tag(step: int, phase: PhaseChange | None) -> str:
     return " (in window)"
 
 
-def _cmap(name: str):
-    from matplotlib import colormaps
-
-    return colormaps[name]
-
-
 def plot_attention_pattern(pattern: FinalPattern, path=None, title: str | None = None) -> Figure:
     """An attention pattern `[query_pos, key_pos]` on a repeated random sequence
     `[BOS, r_1..r_T, r_1..r_T, ...]`; dashed lines mark where each repeat starts."""
     q = pattern.pattern.shape[0]
-    fig, ax = _figure(5.6, 5.0)
+    fig, ax = new_figure(5.6, 5.0)
     image = ax.imshow(
         pattern.pattern, cmap="Blues", vmin=0, vmax=1, origin="upper", interpolation="nearest"
     )
@@ -255,7 +239,7 @@ def plot_attention_pattern(pattern: FinalPattern, path=None, title: str | None =
     fig.colorbar(image, ax=ax, shrink=0.8, label="attention")
     seg = f", segment length {pattern.seg_len}" if pattern.seg_len else ""
     ax.set_title(title or f"Head L{pattern.layer}H{pattern.head} on a repeated sequence{seg}")
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_pca(
@@ -274,7 +258,7 @@ def plot_pca(
     if len(steps) != len(result.trajectories) or len(labels) != len(result.trajectories):
         raise ValueError("plot_pca needs one steps array and one label per trajectory")
     phases = list(phases) if phases is not None else [None] * len(steps)
-    fig, ax = _figure(7.0, 5.5)
+    fig, ax = new_figure(7.0, 5.5)
     all_steps = np.concatenate([np.asarray(s) for s in steps])
     norm = LogNorm(max(all_steps.min(), 1), max(all_steps.max(), 2))
     scatter, ringed = None, False
@@ -319,7 +303,7 @@ def plot_pca(
     _legend(ax, loc="best")
     fig.colorbar(scatter, ax=ax, label="training step")
     ax.set_title("Per-token-loss PCA trajectories")
-    return _finish(fig, path)
+    return finish_figure(fig, path)
 
 
 def plot_overlay(
@@ -333,7 +317,7 @@ def plot_overlay(
     """One metric (`key`, or "best_induction" for the best induction score) of several
     runs vs step; each run's steepest phase-change point is a dotted line in its colour."""
     phases = list(phases) if phases is not None else [None] * len(runs)
-    fig, ax = _figure()
+    fig, ax = new_figure()
     drawn = 0
     for i, (run, phase) in enumerate(zip(runs, phases)):
         values = run.best_induction_score() if key == "best_induction" else run.series(key)
@@ -351,4 +335,4 @@ def plot_overlay(
     ax.set_ylabel(ylabel)
     _legend(ax)
     ax.set_title(title or f"{ylabel} (dotted: steepest point of each phase change)")
-    return _finish(fig, path)
+    return finish_figure(fig, path)

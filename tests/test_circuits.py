@@ -13,7 +13,7 @@ from conftest import SMALL_CONFIGS, random_model, random_tokens, randomize
 from scipy.optimize import linear_sum_assignment
 
 import mechjax as mj
-from mechjax import circuits
+from mechjax import circuit_eigen, circuits
 
 # -- numpy float64 references ---------------------------------------------------------------------
 
@@ -102,16 +102,16 @@ def test_eigen_copying_scores_match_dense(gqa_model):
         [[eigen_copying(W_E @ ov[l, h] @ p["W_U"]) for h in range(4)] for l in range(2)]
     )
     ref_qk = np.array([[eigen_copying(W_E @ qk[l, h] @ W_E.T) for h in range(4)] for l in range(2)])
-    np.testing.assert_allclose(circuits.ov_copying_scores(params, cfg), ref_ov, atol=2e-5)
-    np.testing.assert_allclose(circuits.qk_copying_scores(params, cfg), ref_qk, atol=2e-5)
+    np.testing.assert_allclose(circuit_eigen.ov_copying_scores(params, cfg), ref_ov, atol=2e-5)
+    np.testing.assert_allclose(circuit_eigen.qk_copying_scores(params, cfg), ref_qk, atol=2e-5)
     # closed forms: the identity copies (+1), its negative anti-copies (-1), a rotation 0
     eye = circuits.FactoredMatrix(jnp.eye(5)[:, :3], jnp.eye(5)[:3])
-    np.testing.assert_allclose(circuits.copying_score_eigen(eye), 1.0)
-    np.testing.assert_allclose(circuits.copying_score_eigen(eye @ -jnp.eye(5)), -1.0)
+    np.testing.assert_allclose(circuit_eigen.copying_score_eigen(eye), 1.0)
+    np.testing.assert_allclose(circuit_eigen.copying_score_eigen(eye @ -jnp.eye(5)), -1.0)
     rot = circuits.FactoredMatrix(jnp.eye(2), jnp.array([[0.0, -1.0], [1.0, 0.0]]))
-    np.testing.assert_allclose(circuits.copying_score_eigen(rot), 0.0, atol=1e-7)
+    np.testing.assert_allclose(circuit_eigen.copying_score_eigen(rot), 0.0, atol=1e-7)
     zero = circuits.FactoredMatrix(jnp.zeros((3, 2)), jnp.zeros((2, 3)))
-    np.testing.assert_allclose(circuits.copying_score_eigen(zero), 0.0)
+    np.testing.assert_allclose(circuit_eigen.copying_score_eigen(zero), 0.0)
 
 
 @pytest.mark.parametrize("kind", ["Q", "K", "V"])
@@ -339,7 +339,7 @@ def test_qk_ov_and_eigenvalues_match_transformer_lens(tl_pair):
     full = model.W_E @ model.OV @ model.W_U  # TL's FactoredMatrix
     lam = full.eigenvalues.detach().numpy()
     tl_copying = lam.sum(-1).real / np.abs(lam).sum(-1)
-    np.testing.assert_allclose(circuits.ov_copying_scores(params, cfg), tl_copying, atol=2e-5)
+    np.testing.assert_allclose(circuit_eigen.ov_copying_scores(params, cfg), tl_copying, atol=2e-5)
 
 
 @pytest.mark.parametrize("kind", ["Q", "K", "V"])

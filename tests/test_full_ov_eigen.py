@@ -15,7 +15,7 @@ from conftest import SMALL_CONFIGS, random_model
 from scipy.optimize import linear_sum_assignment
 
 import mechjax as mj
-from mechjax import circuits
+from mechjax import circuit_eigen, circuits
 
 CASES = {
     # tied, scaled by sqrt(d_model), GQA (2 kv heads for 4 heads), 3 layers
@@ -88,7 +88,7 @@ def case(request):
 @pytest.mark.parametrize("kind", ["ov", "qk"])
 def test_eigenvalues_match_dense_numpy(case, kind):
     name, cfg, params, dense = case
-    fn = {"ov": circuits.full_ov_eigenvalues, "qk": circuits.full_qk_eigenvalues}[kind]
+    fn = {"ov": circuit_eigen.full_ov_eigenvalues, "qk": circuit_eigen.full_qk_eigenvalues}[kind]
     got = np.asarray(fn(params, cfg))
     assert got.shape == (cfg.n_layers, cfg.n_heads, cfg.d_head)
     assert np.iscomplexobj(got)
@@ -110,8 +110,8 @@ def test_copying_scores_match_dense_and_factored_route(case):
         lam = np.linalg.eigvals(m)
         return lam.sum().real / np.abs(lam).sum()
 
-    ov = np.asarray(circuits.ov_copying_scores(params, cfg))
-    qk = np.asarray(circuits.qk_copying_scores(params, cfg))
+    ov = np.asarray(circuit_eigen.ov_copying_scores(params, cfg))
+    qk = np.asarray(circuit_eigen.qk_copying_scores(params, cfg))
     ref_ov = np.array([[copying(dense[l][h][0]) for h in range(cfg.n_heads)]
                        for l in range(cfg.n_layers)])  # fmt: skip
     ref_qk = np.array([[copying(dense[l][h][1]) for h in range(cfg.n_heads)]
@@ -119,8 +119,8 @@ def test_copying_scores_match_dense_and_factored_route(case):
     np.testing.assert_allclose(ov, ref_ov, atol=2e-5, err_msg=name)
     np.testing.assert_allclose(qk, ref_qk, atol=2e-5, err_msg=name)
     # the FactoredMatrix route (eig of B A from the vocab-sized factors): the same numbers
-    factored_ov = circuits.copying_score_eigen(circuits.full_ov_circuit(params, cfg))
-    factored_qk = circuits.copying_score_eigen(circuits.full_qk_circuit(params, cfg))
+    factored_ov = circuit_eigen.copying_score_eigen(circuits.full_ov_circuit(params, cfg))
+    factored_qk = circuit_eigen.copying_score_eigen(circuits.full_qk_circuit(params, cfg))
     np.testing.assert_allclose(ov, factored_ov, atol=2e-5, err_msg=name)
     np.testing.assert_allclose(qk, factored_qk, atol=2e-5, err_msg=name)
 
@@ -128,7 +128,7 @@ def test_copying_scores_match_dense_and_factored_route(case):
 def test_eigenvalues_equal_factored_route():
     cfg = CASES["tied_scaled_gqa"]
     params = random_model(cfg, seed=11)
-    gram = np.asarray(circuits.full_ov_eigenvalues(params, cfg))
+    gram = np.asarray(circuit_eigen.full_ov_eigenvalues(params, cfg))
     factored = np.asarray(circuits.full_ov_circuit(params, cfg).eigenvalues())
     scale = np.abs(factored).max()
     for l in range(cfg.n_layers):
@@ -146,14 +146,16 @@ def test_gram_chunks_and_halves_match_numpy(tied, vocab):
     W_E = rng.standard_normal((vocab, d_model)).astype(np.float32)
     W_U = None if tied else rng.standard_normal((d_model, vocab)).astype(np.float32)
     want = (W_E.T if tied else W_U).astype(np.float64) @ W_E.astype(np.float64)
-    got = circuits._gram(jnp.asarray(W_E), None if tied else jnp.asarray(W_U), chunk=8, split=4)
+    got = circuit_eigen._gram(
+        jnp.asarray(W_E), None if tied else jnp.asarray(W_U), chunk=8, split=4
+    )
     assert got.shape == (d_model, d_model) and got.dtype == jnp.float32
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     if tied:
         np.testing.assert_array_equal(got, np.asarray(got).T)
     # the layout tiles the upper triangle exactly once
     cover = np.zeros((d_model, d_model), int)
-    for r0, r1, c0, c1 in circuits._upper_gram_layout(0, d_model, 4):
+    for r0, r1, c0, c1 in circuit_eigen._upper_gram_layout(0, d_model, 4):
         cover[r0:r1, c0:c1] += 1
     np.testing.assert_array_equal(np.triu(cover), np.triu(np.ones_like(cover)))
 
@@ -161,14 +163,14 @@ def test_gram_chunks_and_halves_match_numpy(tied, vocab):
 def test_half_precision_weights_are_upcast():
     cfg = CASES["untied_scaled_gqa"].replace(dtype="bfloat16")
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.bfloat16), random_model(cfg))
-    got = np.asarray(circuits.full_ov_eigenvalues(params, cfg))
+    got = np.asarray(circuit_eigen.full_ov_eigenvalues(params, cfg))
     assert got.dtype == np.complex64
     as_f32 = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), params)
-    want = np.asarray(circuits.full_ov_eigenvalues(as_f32, cfg.replace(dtype="float32")))
+    want = np.asarray(circuit_eigen.full_ov_eigenvalues(as_f32, cfg.replace(dtype="float32")))
     np.testing.assert_array_equal(got, want)  # the same float32 computation
     np.testing.assert_allclose(
-        circuits.qk_copying_scores(params, cfg),
-        circuits.copying_score_eigen(circuits.full_qk_circuit(as_f32, cfg)),
+        circuit_eigen.qk_copying_scores(params, cfg),
+        circuit_eigen.copying_score_eigen(circuits.full_qk_circuit(as_f32, cfg)),
         atol=2e-5,
     )
 
@@ -176,13 +178,13 @@ def test_half_precision_weights_are_upcast():
 def test_inside_jit_and_zero_layers():
     cfg = CASES["tied_mqa"]
     params = random_model(cfg, seed=4)
-    jitted = jax.jit(lambda p: circuits.full_ov_eigenvalues(p, cfg))(params)
-    np.testing.assert_array_equal(jitted, circuits.full_ov_eigenvalues(params, cfg))
+    jitted = jax.jit(lambda p: circuit_eigen.full_ov_eigenvalues(p, cfg))(params)
+    np.testing.assert_array_equal(jitted, circuit_eigen.full_ov_eigenvalues(params, cfg))
     empty = SMALL_CONFIGS["attn0"]
     zero = random_model(empty)
-    for fn in (circuits.full_ov_eigenvalues, circuits.full_qk_eigenvalues):
+    for fn in (circuit_eigen.full_ov_eigenvalues, circuit_eigen.full_qk_eigenvalues):
         assert fn(zero, empty).shape == (0, empty.n_heads, empty.d_head)
-    assert circuits.ov_copying_scores(zero, empty).shape == (0, empty.n_heads)
+    assert circuit_eigen.ov_copying_scores(zero, empty).shape == (0, empty.n_heads)
 
 
 def test_mismatched_params_raise():
@@ -190,9 +192,22 @@ def test_mismatched_params_raise():
     params = random_model(cfg)
     wrong = dict(params, W_U=params["W_U"][:, :-1])
     with pytest.raises(ValueError, match=r"full_ov_eigenvalues: .*W_U has shape"):
-        circuits.full_ov_eigenvalues(wrong, cfg)
+        circuit_eigen.full_ov_eigenvalues(wrong, cfg)
     missing = dict(params, blocks={k: v for k, v in params["blocks"].items() if k != "W_K"})
     with pytest.raises(ValueError, match=r"full_qk_eigenvalues: .*missing blocks.W_K"):
-        circuits.qk_copying_scores(missing, cfg)
+        circuit_eigen.qk_copying_scores(missing, cfg)
     with pytest.raises(ValueError, match="W_E has shape"):
-        circuits.full_ov_eigenvalues(params, cfg.replace(d_vocab=40))
+        circuit_eigen.full_ov_eigenvalues(params, cfg.replace(d_vocab=40))
+
+
+def test_moved_names_still_importable_from_circuits():
+    """The eigenvalue functions moved to `mechjax.circuit_eigen`; user code that reaches
+    them through `mechjax.circuits` gets the very same functions."""
+    for name in (
+        "full_ov_eigenvalues",
+        "full_qk_eigenvalues",
+        "ov_copying_scores",
+        "qk_copying_scores",
+        "copying_score_eigen",
+    ):
+        assert getattr(circuits, name) is getattr(circuit_eigen, name), name

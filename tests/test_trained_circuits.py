@@ -40,7 +40,7 @@ import pytest
 from jax.tree_util import Partial
 
 import mechjax as mj
-from mechjax import circuits, heads
+from mechjax import circuit_eigen, circuits, heads
 from mechjax.checkpoints import load_model
 from mechjax.data import ByteTokenizer
 from mechjax.patching import path_patching
@@ -92,10 +92,10 @@ def test_induction_and_previous_token_heads_are_found():
     assert previous[0].max() > PREVIOUS and previous[0].sum() > 0.8, previous
 
     ind, prev = _best(induction, 1), _best(previous, 0)
-    ov = np.asarray(circuits.ov_copying_scores(params, cfg))
+    ov = np.asarray(circuit_eigen.ov_copying_scores(params, cfg))
     assert ov[1, ind] > 0, ov  # it copies the token it attends to
     composed = k_composition_qk_circuit(params, cfg)[prev, ind]
-    assert float(circuits.copying_score_eigen(composed)) > 0  # matches via the previous token
+    assert float(circuit_eigen.copying_score_eigen(composed)) > 0  # matches via the previous token
 
 
 def test_k_composition_from_the_previous_token_head_dominates():
@@ -155,6 +155,6 @@ def test_path_patching_previous_token_head_acts_through_induction_keys():
 def test_one_layer_model_copies_but_has_no_induction_head():
     params, cfg = _load("attn1")
     assert cfg.n_layers == 1
-    ov = np.asarray(circuits.ov_copying_scores(params, cfg))[0]
+    ov = np.asarray(circuit_eigen.ov_copying_scores(params, cfg))[0]
     assert (ov > 0).mean() > 0.5 and np.median(ov) > 0.3, ov
     assert _scores(params, cfg)["induction"].max() < 0.3

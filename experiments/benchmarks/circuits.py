@@ -27,7 +27,7 @@ Operations of (a) and (b), each timed separately:
   full_eig  eigenvalues of every head's full OV circuit W_E W_OV W_U. TL:
             `(W_E @ OV @ W_U).eigenvalues`, which at the real vocabulary forms
             [layer, head, 256000, 256] factors on both sides (~8 GiB, ~5 T multiply-adds)
-            and takes eig of B A. mechjax: `circuits.full_ov_eigenvalues`, the same
+            and takes eig of B A. mechjax: `circuit_eigen.full_ov_eigenvalues`, the same
             eig(B A) with B A = W_O (W_U W_E) W_V: the [d_model, d_model] Gram matrix
             W_U W_E once for all heads (symmetric with tied embeddings: about half of
             vocab * d_model^2), no vocab-sized factor
@@ -155,7 +155,7 @@ def _save_eigen(spec, outputs: dict) -> None:
 def _circuits_mechjax(spec: dict) -> dict:
     import jax
 
-    from mechjax import circuits
+    from mechjax import circuit_eigen, circuits
 
     init_jax_runtime()
     mem = PeakMemory()
@@ -165,7 +165,7 @@ def _circuits_mechjax(spec: dict) -> dict:
     params = jax.device_put(params)
     calls = {
         "ov_eig": jax.jit(lambda p: circuits.ov_circuit(p, cfg).eigenvalues()),
-        "full_eig": jax.jit(lambda p: circuits.full_ov_eigenvalues(p, cfg)),
+        "full_eig": jax.jit(lambda p: circuit_eigen.full_ov_eigenvalues(p, cfg)),
         "k_comp": lambda p: circuits.composition_scores(p, cfg, "K"),  # jitted inside
     }
     outputs, result = {}, {"case": spec["case"], "impl": spec["impl"], "ops": {}}
