@@ -27,7 +27,7 @@ from .config import ModelConfig
 from .edits import Edit
 from .model import _run
 from .patching import grid
-from .patching.metrics import resolve_metric
+from .patching.metrics import readout, resolve_metric
 from .stream import Stream, logit_attribution
 
 # -- direct logit attribution tables ----------------------------------------------------------
@@ -146,14 +146,17 @@ class IGResult:
     completeness_gap: float
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "chunk_size"))
-def _integrated_gradients(params, tokens, baseline, alphas, weights, metric, *, cfg, chunk_size):
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk_size", "readout"))
+def _integrated_gradients(
+    params, tokens, baseline, alphas, weights, read_metric, *, cfg, chunk_size, readout
+):
+    """`read_metric` scores the logits at the positions `readout` (`metrics.readout`)."""
     _, captured = _run(params, tokens, cfg, ("embed",), ())
     x = captured["embed"]
 
     def f(embedding):
         edit = Edit(site="embed", scale=jnp.float32(0.0), value=embedding)
-        return metric(_run(params, tokens, cfg, (), (edit,))[0])
+        return read_metric(_run(params, tokens, cfg, (), (edit,), readout)[0])
 
     grad_at = jax.grad(f)
 
@@ -196,6 +199,7 @@ def integrated_gradients(
         raise ValueError(f"method={method!r}: choose one of {QUADRATURES}")
     chunk_size = grid.check_chunk_size(chunk_size, tokens.shape[0] * tokens.shape[1])
     metric = resolve_metric(metric, answers, cfg, tokens.shape)
+    positions, read_metric = readout(metric, tokens.shape[1])
     shape = (*tokens.shape, cfg.d_model)
     if baseline is None:
         baseline = jnp.zeros(shape, jnp.dtype(cfg.dtype))
@@ -214,9 +218,10 @@ def integrated_gradients(
         baseline,
         jnp.asarray(alphas, jnp.float32),
         jnp.asarray(weights, jnp.float32),
-        metric,
+        read_metric,
         cfg=cfg,
         chunk_size=chunk_size,
+        readout=positions,
     )
     f_input, f_baseline = float(f_input), float(f_baseline)
     return IGResult(

@@ -46,6 +46,9 @@ class Edit:
     scale: jax.Array = 1.0
     value: jax.Array = 0.0
     value_has_layer_axis: bool = struct.field(pytree_node=False, default=False)
+    # the absolute positions the edited activation's `pos` axis holds, when a run
+    # computes only some positions (`model._run_from`'s readout); None: all of them
+    positions: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
 
     # -- the rule ------------------------------------------------------------------------
     def selection(self, shape: tuple[int, ...], layer_index) -> jax.Array:
@@ -56,7 +59,10 @@ class Edit:
             if selector is None:
                 continue
             axis = next(i for i, a in enumerate(axes) if a in names)
-            picked = _membership(jnp.arange(shape[axis]), selector)
+            index = jnp.arange(shape[axis])
+            if names[0] == "pos" and self.positions is not None:
+                index = jnp.asarray(self.positions)
+            picked = _membership(index, selector)
             mask = mask & picked.reshape([-1 if i == axis else 1 for i in range(len(shape))])
         if self.layer is not None and layer_index is not None:
             mask = mask & _membership(jnp.asarray(layer_index)[None], self.layer).reshape(())
@@ -66,8 +72,24 @@ class Edit:
         value = self.value
         if self.value_has_layer_axis:
             value = jnp.asarray(value)[layer_index]
+        if self.positions is not None:
+            value = self._value_at_positions(jnp.asarray(value), act.ndim)
         edited = jnp.asarray(self.scale, act.dtype) * act + jnp.asarray(value, act.dtype)
         return jnp.where(self.selection(act.shape, layer_index), edited, act)
+
+    def _value_at_positions(self, value: jax.Array, act_ndim: int) -> jax.Array:
+        """A value laid out over every position, taken at `positions` (a value that
+        broadcasts over positions stays as it is)."""
+        axes = SITES[self.site][1]
+        axis = next(i for i, a in enumerate(axes) if a in ("pos", "query_pos"))
+        axis -= act_ndim - value.ndim  # the value broadcasts from the right
+        if axis < 0 or value.shape[axis] == 1:
+            return value
+        return jnp.take(value, jnp.asarray(self.positions), axis=axis)
+
+    def at_positions(self, positions: tuple[int, ...]) -> Edit:
+        """This edit, for an activation computed only at `positions` (static ints)."""
+        return self.replace(positions=tuple(positions))
 
 
 def _membership(index_range: jax.Array, selector) -> jax.Array:

@@ -321,29 +321,39 @@ def detection_patterns(tokens) -> dict[str, jax.Array]:
 # -- everything from one forward pass -----------------------------------------------------------
 
 
-def _capture_names(cfg: ModelConfig) -> tuple[str, ...]:
-    names = {"pattern", "head_writes", "ln_final_scale"} & set(capturable(cfg))
-    return tuple(sorted(names))
+def _capture_names(cfg: ModelConfig, names: tuple[str, ...]) -> tuple[str, ...]:
+    wanted = {"pattern"} | ({"head_writes", "ln_final_scale"} if "copying" in names else set())
+    return tuple(sorted(wanted & set(capturable(cfg))))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "seg_len", "n_repeats", "has_bos"))
+@functools.partial(jax.jit, static_argnames=("cfg", "seg_len", "n_repeats", "has_bos", "names"))
 def head_scores(
-    params: Params, tokens, cfg: ModelConfig, *, seg_len: int, n_repeats: int, has_bos: bool
+    params: Params,
+    tokens,
+    cfg: ModelConfig,
+    *,
+    seg_len: int,
+    n_repeats: int,
+    has_bos: bool,
+    names: tuple[str, ...] = SCORE_NAMES,
 ) -> dict[str, jax.Array]:
     """The jitted core of `detect_heads`, without validation (for use inside other jitted
     code, e.g. a training loop): one forward pass on repeated `tokens [batch, pos]`
-    capturing only the patterns and what the copying score needs, then every score
-    `[layer, head]`. Needs n_layers >= 1."""
-    _, captured = _run(params, tokens, cfg, _capture_names(cfg), ())
+    capturing only the patterns and what the copying score needs, then the scores
+    `names` (a subset of `SCORE_NAMES`), each `[layer, head]`. Needs n_layers >= 1."""
+    _, captured = _run(params, tokens, cfg, _capture_names(cfg, names), ())
     stream = Stream(captured)
     pattern = stream["pattern"]
-    return {
-        "induction": induction_scores(pattern, seg_len, has_bos=has_bos),
-        "prefix_matching": prefix_matching_scores(pattern, seg_len, n_repeats, has_bos=has_bos),
-        "previous_token": previous_token_scores(pattern),
-        "duplicate_token": duplicate_token_scores(pattern, tokens),
-        "copying": copying_scores(params, cfg, stream, tokens),
+    score = {
+        "induction": lambda: induction_scores(pattern, seg_len, has_bos=has_bos),
+        "prefix_matching": lambda: prefix_matching_scores(
+            pattern, seg_len, n_repeats, has_bos=has_bos
+        ),
+        "previous_token": lambda: previous_token_scores(pattern),
+        "duplicate_token": lambda: duplicate_token_scores(pattern, tokens),
+        "copying": lambda: copying_scores(params, cfg, stream, tokens),
     }
+    return {name: score[name]() for name in names}
 
 
 def detect_heads(

@@ -108,13 +108,12 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (x * cos[:, None, :] + rotated * sin[:, None, :]).astype(dtype)
 
 
-def attention_mask(n_keys: int, window: jax.Array, queries: tuple[int, int] | None = None):
+def attention_mask(n_keys: int, window: jax.Array, queries=None):
     """`[query_pos, key_pos]` causal mask over keys `0 .. n_keys - 1`, keys within `window`
-    positions (inclusive of the query itself: q - k < window). `queries = (start, stop)`
-    selects a block of query rows (default: all `n_keys` of them). `window` may be traced
-    (per-layer)."""
-    start, stop = queries or (0, n_keys)
-    q = jnp.arange(start, stop)[:, None]
+    positions (inclusive of the query itself: q - k < window). `queries`: the query rows'
+    positions (a `range` or a sequence of ints; default: all `n_keys` of them). `window`
+    may be traced (per-layer)."""
+    q = jnp.asarray(np.asarray(range(n_keys) if queries is None else queries), jnp.int32)[:, None]
     k = jnp.arange(n_keys)[None, :]
     return (k <= q) & (q - k < window)
 

@@ -51,12 +51,19 @@ class _SiteHooks:
             self.captured[name] = value
 
 
-def _scores(qh, kh, start: int, stop: int, cfg: ModelConfig) -> jax.Array:
-    """Scaled (and soft-capped) attention scores of queries `start .. stop - 1` against
-    keys `0 .. stop - 1`, before masking: `[batch, kv_head, group, stop - start, stop]`.
-    qh [batch, kv_head, group, pos, d_head], kh [batch, kv_head, pos, d_head]."""
-    scores = jnp.einsum("bkgqe,bkse->bkgqs", qh[:, :, :, start:stop], kh[:, :, :stop])
+def _scores(qh, kh, cfg: ModelConfig) -> jax.Array:
+    """Scaled (and soft-capped) attention scores before masking: `[batch, kv_head, group,
+    query, key]`. qh [batch, kv_head, group, query, d_head], kh [batch, kv_head, key,
+    d_head]."""
+    scores = jnp.einsum("bkgqe,bkse->bkgqs", qh, kh)
     return layers.softcap(scores * cfg.attn_scale, cfg.attn_logit_softcap)
+
+
+def _masked_attention(qh, kh, vh, mask, cfg: ModelConfig, dtype) -> jax.Array:
+    """Softmax attention of queries qh over keys/values kh, vh under `mask [query, key]`:
+    the mixed values `[batch, kv_head, group, query, d_head]`."""
+    scores = jnp.where(mask, _scores(qh, kh, cfg), -jnp.inf)
+    return jnp.einsum("bkgqs,bkse->bkgqe", _softmax(scores, dtype), vh)
 
 
 def _softmax(scores: jax.Array, dtype) -> jax.Array:
@@ -69,9 +76,12 @@ def _attention_blocks(qh, kh, vh, window, cfg: ModelConfig, dtype) -> jax.Array:
     the masked triangle above the blocks is never computed. Shapes as `_causal_attention`."""
     zh = []
     for start, stop in layers.causal_query_blocks(qh.shape[3]):
-        scores = _scores(qh, kh, start, stop, cfg)
-        scores = jnp.where(layers.attention_mask(stop, window, (start, stop)), scores, -jnp.inf)
-        zh.append(jnp.einsum("bkgqs,bkse->bkgqe", _softmax(scores, dtype), vh[:, :, :stop]))
+        mask = layers.attention_mask(stop, window, range(start, stop))
+        zh.append(
+            _masked_attention(
+                qh[:, :, :, start:stop], kh[:, :, :stop], vh[:, :, :stop], mask, cfg, dtype
+            )
+        )
     return jnp.concatenate(zh, axis=3)
 
 
@@ -96,11 +106,15 @@ def _causal_attention(qh, kh, vh, window, cfg: ModelConfig, dtype) -> jax.Array:
     return zh.reshape(B, *zh.shape[2:])
 
 
-def _attention(h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks):
-    """One attention sub-block. h [batch, pos, d_model] (already normed)."""
+def _attention(h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks, queries=None):
+    """One attention sub-block. h [batch, pos, d_model] (already normed). `queries`: a
+    static tuple of query positions to compute (keys and values are always computed at
+    every position); the output then has `len(queries)` positions."""
     B, P, _ = h.shape
     K, G, E = cfg.n_kv_heads, cfg.group_size, cfg.d_head
-    q = jnp.einsum("bpd,hde->bphe", h, lp["W_Q"])
+    rows = slice(None) if queries is None else np.asarray(queries)
+    q = jnp.einsum("bpd,hde->bphe", h[:, rows], lp["W_Q"])
+    R = q.shape[1]
     k = jnp.einsum("bpd,kde->bpke", h, lp["W_K"])
     v = jnp.einsum("bpd,kde->bpke", h, lp["W_V"])
     if cfg.use_attn_bias:
@@ -109,25 +123,27 @@ def _attention(h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks
         q = norm(q, norm.scale(q), lp["q_norm_w"])
         k = norm(k, norm.scale(k), lp["k_norm_w"])
     if cfg.positional == "rope":
-        q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
+        q, k = layers.apply_rope(q, cos[rows], sin[rows]), layers.apply_rope(k, cos, sin)
     q, k, v = site("q", q), site("k", k), site("v", v)
 
     # head-major layouts; query head h belongs to key/value group h // G (HF's repeat_kv
     # order). The score matmuls run much faster on CPU in this layout than position-major.
-    qh = q.reshape(B, P, K, G, E).transpose(0, 2, 3, 1, 4)  # [batch, kv_head, group, pos, E]
+    qh = q.reshape(B, R, K, G, E).transpose(0, 2, 3, 1, 4)  # [batch, kv_head, group, pos, E]
     kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [batch, kv_head, pos, E]
-    if site.wants("scores") or site.wants("pattern"):
-        # edits act on the unmasked scores and the causal/window mask is applied after
-        # them: `0 * -inf` would turn a patch or ablation of masked entries into NaN, and
-        # an edit must not let a query see future keys. The captured scores are masked.
-        scores = site("scores", _scores(qh, kh, 0, P, cfg).reshape(B, -1, P, P))
-        scores = jnp.where(layers.attention_mask(P, window), scores, -jnp.inf)
+    if queries is not None or site.wants("scores") or site.wants("pattern"):
+        # the whole score matrix (or, for a few queries, their rows). Edits act on the
+        # unmasked scores and the causal/window mask is applied after them: `0 * -inf`
+        # would turn a patch or ablation of masked entries into NaN, and an edit must
+        # not let a query see future keys. The captured scores are masked.
+        scores = site("scores", _scores(qh, kh, cfg).reshape(B, -1, R, P))
+        mask = layers.attention_mask(P, window, queries)
+        scores = jnp.where(mask, scores, -jnp.inf)
         site.record("scores", scores)
         pattern = site("pattern", _softmax(scores, h.dtype))
-        zh = jnp.einsum("bkgqs,bkse->bkgqe", pattern.reshape(B, K, G, P, P), vh)
+        zh = jnp.einsum("bkgqs,bkse->bkgqe", pattern.reshape(B, K, G, R, P), vh)
     else:  # nothing reads or edits the scores: the fast path
         zh = _causal_attention(qh, kh, vh, window, cfg, h.dtype)
-    z = zh.transpose(0, 3, 1, 2, 4).reshape(B, P, -1, E)
+    z = zh.transpose(0, 3, 1, 2, 4).reshape(B, R, -1, E)
     z = site("z", z)
 
     per_head = site.wants("head_out") or site.wants("head_writes")
@@ -188,14 +204,17 @@ def _mlp(h, lp, cfg: ModelConfig, norm, site: _SiteHooks):
     return site("mlp_out", out)
 
 
-def _block(resid, lp, cos, sin, window, cfg: ModelConfig, site: _SiteHooks):
+def _block(resid, lp, cos, sin, window, cfg: ModelConfig, site: _SiteHooks, queries=None):
+    """One block. `queries` (static positions): compute only those positions' outputs
+    (keys and values still come from every position), as `_attention`."""
     norm = layers.Norm(cfg)
     has_norm = cfg.normalization != "none"
     resid = site("resid_pre", resid)
     h = resid
     if has_norm:
         h = norm(resid, site("ln1_scale", norm.scale(resid)), lp["ln1_w"], lp.get("ln1_b"))
-    resid = resid + _attention(h, lp, cos, sin, window, cfg, norm, site)
+    attn = _attention(h, lp, cos, sin, window, cfg, norm, site, queries)
+    resid = (resid if queries is None else resid[:, np.asarray(queries)]) + attn
     if cfg.attn_only:
         return site("resid_post", resid)
     resid = site("resid_mid", resid)
@@ -206,9 +225,15 @@ def _block(resid, lp, cos, sin, window, cfg: ModelConfig, site: _SiteHooks):
 
 
 def _run(
-    params: Params, tokens, cfg: ModelConfig, capture: tuple[str, ...], edits: tuple[Edit, ...]
+    params: Params,
+    tokens,
+    cfg: ModelConfig,
+    capture: tuple[str, ...],
+    edits: tuple[Edit, ...],
+    readout: tuple[int, ...] | None = None,
 ):
-    """The traced forward pass (no validation). Returns (logits, captured dict)."""
+    """The traced forward pass (no validation). Returns (logits, captured dict).
+    `readout`: as `_run_from`."""
     dtype = jnp.dtype(cfg.dtype)
     B, P = tokens.shape
     top = _SiteHooks(capture, tuple(e for e in edits if not SITES[e.site][0]))
@@ -216,8 +241,12 @@ def _run(
     resid = top("embed", embed)
     if cfg.positional == "learned":
         resid = resid + top("pos_embed", jnp.broadcast_to(params["W_pos"][:P], (B, P, cfg.d_model)))
-    logits, captured = _run_from(params, resid, cfg, 0, capture, edits)
+    logits, captured = _run_from(params, resid, cfg, 0, capture, edits, readout)
     return logits, {**top.captured, **captured}
+
+
+# sites of a block computed before its queries, at every position even in a readout run
+_BEFORE_QUERIES = ("resid_pre", "ln1_scale", "k", "v")
 
 
 def _run_from(
@@ -227,17 +256,32 @@ def _run_from(
     first_layer: int,
     capture: tuple[str, ...],
     edits: tuple[Edit, ...],
+    readout: tuple[int, ...] | None = None,
 ):
     """Blocks `first_layer .. n_layers - 1` and the unembedding, from `resid` [batch, pos,
     d_model], the residual stream before block `first_layer` (static). Returns (logits,
     captured dict); per-layer captures are stacked over the layers run. Edit selectors
     keep absolute layer indices. Activation patching starts here at the earliest patched
-    layer: the blocks before it would only recompute the unpatched run."""
+    layer: the blocks before it would only recompute the unpatched run.
+
+    readout: static non-negative positions. When given, only the logits there are
+    computed (`[batch, len(readout), vocab]`), and the last block computes its queries,
+    MLP and output only there (its keys and values still at every position): what a
+    metric reading a few positions needs, at a fraction of the cost (the unembedding
+    and the last block dominate small sweeps; a 256k-token vocabulary, big ones). Edits
+    of the activations computed only there act on those positions (`Edit.at_positions`);
+    nothing may be captured."""
+    if readout is not None and capture:
+        raise ValueError("a readout run computes some positions only: it cannot capture")
     P = resid.shape[1]
-    top = _SiteHooks(capture, tuple(e for e in edits if not SITES[e.site][0]))
+    final_edits = tuple(e for e in edits if not SITES[e.site][0])
+    if readout is not None:
+        final_edits = tuple(e.at_positions(readout) for e in final_edits)
+    top = _SiteHooks(capture, final_edits)
     layer_edits = tuple(e for e in edits if SITES[e.site][0])
     stacked: dict[str, jax.Array] = {}
     n_run = cfg.n_layers - first_layer
+    n_scanned = n_run - 1 if readout is not None and n_run else n_run
     if n_run:
         cos, sin = layers.rope_tables(cfg, P) if cfg.positional == "rope" else (None, None)
         windows = np.array(
@@ -257,9 +301,25 @@ def _run_from(
             resid = _block(resid, x["lp"], x.get("cos"), x.get("sin"), x["window"], cfg, hooks)
             return resid, hooks.captured
 
-        # small stacks unroll fully (faster on CPU); large ones keep one compiled layer
-        unroll = n_run if n_run <= 4 else 1
-        resid, stacked = jax.lax.scan(body, resid, xs, unroll=unroll)
+        if n_scanned:
+            scanned = jax.tree_util.tree_map(lambda a: a[:n_scanned], xs)
+            # small stacks unroll fully (faster on CPU); large ones keep one compiled layer
+            unroll = n_scanned if n_scanned <= 4 else 1
+            resid, stacked = jax.lax.scan(body, resid, scanned, unroll=unroll)
+        if n_scanned < n_run:  # the last block, at the readout positions only
+            x = jax.tree_util.tree_map(lambda a: a[-1], xs)
+            hooks = _SiteHooks(
+                (),
+                tuple(
+                    e if e.site in _BEFORE_QUERIES else e.at_positions(readout) for e in layer_edits
+                ),
+                x["layer"],
+            )
+            resid = _block(
+                resid, x["lp"], x.get("cos"), x.get("sin"), x["window"], cfg, hooks, readout
+            )
+    if readout is not None and n_scanned == n_run:
+        resid = resid[:, np.asarray(readout)]
 
     resid = top("final_resid", resid)
     h = resid

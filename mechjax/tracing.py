@@ -37,7 +37,7 @@ from .edits import Edit
 from .model import _run, _run_jit
 from .patching import grid
 from .patching.activation import cell_patch
-from .patching.metrics import answer_prob
+from .patching.metrics import answer_prob, readout
 
 KINDS = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 
@@ -123,9 +123,10 @@ def _trace(params, tokens, noise, answer, *, cfg, kinds, window, chunk_size):
         for kind in kinds:
             where = {"layer": cell[kind], "pos": cell["pos"]}
             edits.append(cell_patch(KINDS[kind], clean_acts[KINDS[kind]], where))
-        return metric(_run(params, noisy_tokens, cfg, (), tuple(edits))[0])
+        return read_metric(_run(params, noisy_tokens, cfg, (), tuple(edits), positions)[0])
 
     n_pos = tokens.shape[1]
+    positions, read_metric = readout(metric, n_pos)  # logits at the last position only
     flat = grid.map_cells(restore, _cells(kinds, cfg.n_layers, n_pos, window), chunk_size)
     maps = dict(zip(kinds, flat.reshape(len(kinds), cfg.n_layers, n_pos)))
     return maps, clean_prob, corrupted_prob

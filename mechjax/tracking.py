@@ -114,7 +114,15 @@ def special_ids(dataset) -> tuple[int, ...]:
 
 
 class Tracker:
-    """Evaluates a model on the run's fixed inputs; one call per scheduled step."""
+    """Evaluates a model on the run's fixed inputs; one call per scheduled step.
+
+    Every activation-based metric of one evaluation comes from one compiled call (the
+    held-out losses and both head-detector inputs), so an evaluation costs about three
+    forward passes over the evaluation sets and one host transfer."""
+
+    # head scores recorded from each repeated input (the prefix-matching input only
+    # serves its own score)
+    INDUCTION_INPUT_SCORES = ("induction", "previous_token", "copying")
 
     def __init__(self, model_cfg: ModelConfig, inputs: EvalInputs):
         self.cfg = model_cfg
@@ -122,21 +130,46 @@ class Tracker:
         self.early, self.late, self.icl_note = icl_indices(inputs.eval_tokens.shape[1])
         rows = np.arange(len(inputs.pca_token_index))
         cols = inputs.pca_token_index - 1  # loss column j is the loss on token index j + 1
+        # the inputs are arguments, not constants folded into the compiled program
+        self._tokens = tuple(
+            jnp.asarray(x.tokens if isinstance(x, RepeatedInput) else x, jnp.int32)
+            for x in (inputs.eval_tokens, inputs.induction_input, inputs.prefix_input)
+        )
+
+        def detect(params, tokens, repeated: RepeatedInput, names):
+            return heads.head_scores(
+                params,
+                tokens,
+                model_cfg,
+                seg_len=repeated.seg_len,
+                n_repeats=repeated.n_repeats,
+                has_bos=repeated.bos_id is not None,
+                names=names,
+            )
 
         @jax.jit
-        def losses(params, eval_tokens):
+        def measure(params, eval_tokens, induction_tokens, prefix_tokens):
             eval_losses = token_losses(params, eval_tokens, model_cfg)
-            return eval_losses.mean(), eval_losses.mean(axis=0), eval_losses[rows, cols]
+            out = {
+                "mean": eval_losses.mean(),
+                "by_pos": eval_losses.mean(axis=0),
+                "pca": eval_losses[rows, cols],
+            }
+            if model_cfg.n_layers:
+                induction = inputs.induction_input
+                out.update(detect(params, induction_tokens, induction, self.INDUCTION_INPUT_SCORES))
+                out.update(detect(params, prefix_tokens, inputs.prefix_input, ("prefix_matching",)))
+            return out
 
-        self._losses = losses
+        self._measure = measure
 
     def evaluate(self, params) -> tuple[dict, np.ndarray]:
         """(record, per_token_losses [N]) for one model's params."""
         cfg = self.cfg
-        inputs = self.inputs
-        mean, by_pos, pca = jax.device_get(self._losses(params, jnp.asarray(inputs.eval_tokens)))
+        measured = jax.device_get(self._measure(params, *self._tokens))
+        by_pos = measured["by_pos"]
         record = {
-            "eval_loss": float(mean),
+            "eval_loss": float(measured["mean"]),
             "icl_score": float(by_pos[self.late - 1] - by_pos[self.early - 1]),
             "icl_indices": [self.early, self.late],
             "icl_note": self.icl_note,
@@ -145,11 +178,9 @@ class Tracker:
             "k_composition": None,
         }
         if cfg.n_layers:
-            scores = _detect(params, cfg, inputs.induction_input)
-            scores["prefix_matching"] = _detect(params, cfg, inputs.prefix_input)["prefix_matching"]
             for name in ("induction", "prefix_matching", "previous_token", "copying"):
-                record[name] = np.round(np.asarray(scores[name], float), 5).tolist()
-            induction = np.asarray(scores["induction"])
+                record[name] = np.round(np.asarray(measured[name], float), 5).tolist()
+            induction = np.asarray(measured["induction"])
             layer, head = np.unravel_index(int(np.argmax(induction)), induction.shape)
             record["best_induction"] = {
                 "layer": int(layer),
@@ -161,15 +192,4 @@ class Tracker:
 
             kcomp = np.asarray(circuits.composition_scores(params, cfg, "K"))
             record["k_composition"] = np.round(kcomp[0, :, 1, :], 5).tolist()
-        return record, np.asarray(pca, np.float32)
-
-
-def _detect(params, cfg: ModelConfig, repeated: RepeatedInput) -> dict:
-    return heads.detect_heads(
-        params,
-        cfg,
-        tokens=repeated.tokens,
-        seg_len=repeated.seg_len,
-        n_repeats=repeated.n_repeats,
-        bos_id=repeated.bos_id,
-    )
+        return record, np.asarray(measured["pca"], np.float32)

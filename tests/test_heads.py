@@ -429,6 +429,14 @@ def test_detect_heads_one_call_matches_parts(tl_setup):
     again = heads.detect_heads(params, cfg, tokens, seg_len=6, n_repeats=4, bos_id=0)
     for name in scores:
         np.testing.assert_allclose(again[name], scores[name], atol=1e-7)
+    # the jitted core computes any subset of the scores, each as in the full call
+    for names in (("prefix_matching",), ("induction", "previous_token", "copying")):
+        subset = heads.head_scores(
+            params, jnp.asarray(tokens), cfg, seg_len=6, n_repeats=4, has_bos=True, names=names
+        )
+        assert set(subset) == set(names)
+        for name in names:
+            np.testing.assert_allclose(subset[name], scores[name], atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("name", ["gemma2_gqa", "attn0"])

@@ -60,7 +60,9 @@ SIZES = {
         batch=32,
         warmup=3,
         repeats=20,
-        track_steps=600,
+        # TrainConfig's default run length: the default schedule spreads its evaluations
+        # and checkpoints (log-spaced, dense early) over the whole run
+        track_steps=3000,
         dataset={},
     ),
     "quick": dict(

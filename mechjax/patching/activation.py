@@ -18,7 +18,10 @@ whose selectors are the cell's indices, and all cells run under `jax.vmap` (or, 
 A patch at layer l cannot change anything before block l, so each cell re-runs only the
 blocks from its layer on, starting from the unpatched run's `resid_pre` there (cells are
 grouped by their first layer, `grid.first_layer_groups`): on average about half of the
-forward pass is skipped, and the result is the same as a full re-run.
+forward pass is skipped, and the result is the same as a full re-run. When the metric
+reads one position (the metrics of `metrics`), a cell computes the logits only there,
+and its last block only that position (`model._run_from`'s `readout`; keys and values
+still at every position).
 """
 
 from __future__ import annotations
@@ -32,8 +35,7 @@ from ..config import ModelConfig
 from ..edits import Edit
 from ..model import _run, _run_from
 from ..sites import SITES
-from . import grid
-from .metrics import resolve_metric
+from . import grid, metrics
 
 
 def cell_patch(site: str, source: jax.Array, cell: dict) -> Edit:
@@ -50,10 +52,25 @@ def cell_patch(site: str, source: jax.Array, cell: dict) -> Edit:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "site", "chunk_size", "groups"))
-def _sweep(params, clean, corrupted, cells, metric, denoise, *, cfg, site, chunk_size, groups):
+@functools.partial(jax.jit, static_argnames=("cfg", "site", "chunk_size", "groups", "readout"))
+def _sweep(
+    params,
+    clean,
+    corrupted,
+    cells,
+    metric,
+    read_metric,
+    denoise,
+    *,
+    cfg,
+    site,
+    chunk_size,
+    groups,
+    readout,
+):
     """`cells` are ordered by group; `groups` is ((first_layer, n_cells), ...) (static).
-    Returns the raw metrics in that order."""
+    `readout`: the positions whose logits `read_metric` scores (`metrics.readout`; None:
+    all). Returns the raw metrics in that order."""
     # the target run's residual stream is only needed where cells start past block 0
     capture = (site, "resid_pre") if any(first for first, _ in groups) else (site,)
     (clean_logits, clean_acts), (corrupted_logits, corrupted_acts) = grid.run_pair(
@@ -70,10 +87,10 @@ def _sweep(params, clean, corrupted, cells, metric, denoise, *, cfg, site, chunk
         def one_cell(cell, first_layer=first_layer, resid=resid):
             edits = (cell_patch(site, source, cell),)
             if first_layer:
-                logits, _ = _run_from(params, resid, cfg, first_layer, (), edits)
+                logits, _ = _run_from(params, resid, cfg, first_layer, (), edits, readout)
             else:
-                logits, _ = _run(params, target, cfg, (), edits)
-            return metric(logits)
+                logits, _ = _run(params, target, cfg, (), edits, readout)
+            return read_metric(logits)
 
         group_cells = {k: v[offset : offset + n_cells] for k, v in cells.items()}
         raws.append(grid.map_cells(one_cell, group_cells, chunk_size))
@@ -117,20 +134,23 @@ def activation_patching(
     denoise = grid.check_mode(mode)
     chunk_size = grid.check_chunk_size(chunk_size, clean.shape[0] * clean.shape[1])
     over, sizes = grid.check_over(site, over, cfg, clean.shape[1])
-    metric = resolve_metric(metric, answers, cfg, clean.shape)
+    metric = metrics.resolve_metric(metric, answers, cfg, clean.shape)
     cells = grid.grid(sizes, over)
     order, groups = grid.first_layer_groups(cells, site, cfg)
+    positions, read_metric = metrics.readout(metric, clean.shape[1])
     raw, clean_metric, corrupted_metric = _sweep(
         params,
         clean,
         corrupted,
         {axis: index[order] for axis, index in cells.items()},
         metric,
+        read_metric,
         denoise,
         cfg=cfg,
         site=site,
         chunk_size=chunk_size,
         groups=groups,
+        readout=positions,
     )
     raw = jnp.zeros_like(raw).at[order].set(raw)  # back to the grid's row-major order
     return grid.make_result(raw, clean_metric, corrupted_metric, site, over, sizes, mode, cfg)

@@ -11,6 +11,11 @@ it; compiled once per function object).
     answer_logprob(answer, pos=-1)      mean log-probability of `answer` at `pos`
 
 `answer` / `wrong` are an int or an int array `[batch]` (one answer per example).
+
+These three read one position, and sweeps use that (`readout`): each patched run
+unembeds only that position and its last block computes only that position. A plain
+callable is opaque and gets the full logits, which costs more (with a 256k-token
+vocabulary, far more).
 """
 
 from __future__ import annotations
@@ -57,6 +62,26 @@ def answer_prob(answer, pos: int = -1) -> Metric:
 def answer_logprob(answer, pos: int = -1) -> Metric:
     """Mean over the batch of the log-probability of `answer` at position `pos`."""
     return Partial(_answer_logprob, jnp.asarray(answer, jnp.int32), pos)
+
+
+_READS_ONE_POSITION = (_logit_diff, _answer_prob, _answer_logprob)  # `pos`: last bound arg
+
+
+def readout(metric: Metric, n_pos: int) -> tuple[tuple[int] | None, Metric]:
+    """`(positions, metric_of_those_logits)`: for a metric of this module, which reads
+    the logits at one position, that position (non-negative) and the same metric reading
+    logits that hold only it (`[batch, 1, vocab]`), so that a sweep computes just those
+    logits (`model._run_from`'s `readout`). Any other metric reads the full logits:
+    `(None, metric)`."""
+    if not (isinstance(metric, Partial) and metric.func in _READS_ONE_POSITION):
+        return None, metric
+    *bound, pos = metric.args
+    if not -n_pos <= int(pos) < n_pos:
+        raise ValueError(
+            f"the metric reads position {int(pos)}, outside the {n_pos} positions of the "
+            f"inputs; give pos in [-{n_pos}, {n_pos})"
+        )
+    return (int(pos) % n_pos,), Partial(metric.func, *bound, 0)
 
 
 def _check_ids(ids, name: str, cfg, batch: int) -> None:

@@ -42,7 +42,7 @@ from ..config import ModelConfig
 from ..edits import Edit
 from ..model import _run
 from . import grid
-from .metrics import resolve_metric
+from .metrics import readout, resolve_metric
 
 KINDS = ("q", "k", "v")
 
@@ -52,7 +52,9 @@ def _frozen(site: str, value: jax.Array) -> Edit:
     return Edit(site=site, scale=jnp.float32(0.0), value=value, value_has_layer_axis=True)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "receivers", "freeze_mlps", "chunk_size"))
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "receivers", "freeze_mlps", "chunk_size", "readout")
+)
 def _path_sweep(
     params,
     clean,
@@ -61,12 +63,15 @@ def _path_sweep(
     sender_mask,
     receiver_pos,
     metric,
+    read_metric,
     *,
     cfg,
     receivers,
     freeze_mlps,
     chunk_size,
+    readout,
 ):
+    """`read_metric` scores the logits at the positions `readout` (`metrics.readout`)."""
     freeze_mlps = freeze_mlps and not cfg.attn_only
     clean_names = ("attn_out", "head_writes") + (("mlp_out",) if freeze_mlps else ())
     (clean_logits, c), (corrupted_logits, x) = grid.run_pair(
@@ -83,9 +88,9 @@ def _path_sweep(
         frozen = [_frozen("attn_out", c["attn_out"] + at_sender * delta)]
         if freeze_mlps:
             frozen.append(_frozen("mlp_out", c["mlp_out"]))
-        logits, recorded = _run(params, clean, cfg, kinds, tuple(frozen))
         if not receivers:  # the logits are the receiver
-            return metric(logits)
+            return read_metric(_run(params, clean, cfg, (), tuple(frozen), readout)[0])
+        _, recorded = _run(params, clean, cfg, kinds, tuple(frozen))
         patches = []
         for (layer, kind), heads in _group(receivers).items():
             patches.append(
@@ -99,8 +104,7 @@ def _path_sweep(
                     value_has_layer_axis=True,
                 )
             )
-        logits, _ = _run(params, clean, cfg, (), tuple(patches))
-        return metric(logits)
+        return read_metric(_run(params, clean, cfg, (), tuple(patches), readout)[0])
 
     raw = grid.map_cells(one_sender, cells, chunk_size)
     return raw, metric(clean_logits), metric(corrupted_logits)
@@ -197,6 +201,7 @@ def path_patching(
     if sender_idx is not None:
         sender_mask = jnp.zeros_like(sender_mask).at[sender_idx].set(1)
     metric = resolve_metric(metric, answers, cfg, clean.shape)
+    positions, read_metric = readout(metric, n_pos)
     over, sizes = ("layer", "head"), (cfg.n_layers, cfg.n_heads)
     raw, clean_metric, corrupted_metric = _path_sweep(
         params,
@@ -206,10 +211,12 @@ def path_patching(
         sender_mask,
         _positions(receiver_pos, n_pos, "receiver_pos"),
         metric,
+        read_metric,
         cfg=cfg,
         receivers=receivers,
         freeze_mlps=freeze_mlps,
         chunk_size=chunk_size,
+        readout=positions,
     )
     return grid.make_result(
         raw, clean_metric, corrupted_metric, "head_out", over, sizes, "path", cfg

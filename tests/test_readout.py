@@ -1,0 +1,122 @@
+"""Readout runs (`model._run_from(..., readout=positions)`): logits at a few positions,
+with the last block computing only those positions, must equal the full forward pass's
+logits there, for every architecture, start layer and the edits such runs allow."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+from conftest import SMALL_CONFIGS, random_model, random_tokens
+
+import mechjax as mj
+from mechjax.model import _run, _run_from
+from mechjax.sites import SITES, available_sites
+
+READOUTS = [(9,), (0,), (3, 9), (9, 4, 5)]
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 5))
+def _from(params, resid, cfg, first_layer, edits, readout):
+    return _run_from(params, resid, cfg, first_layer, (), edits, readout)[0]
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
+def test_readout_equals_full_logits_at_those_positions(name):
+    cfg = SMALL_CONFIGS[name]
+    params = random_model(cfg, seed=3)
+    tokens = np.asarray(random_tokens(cfg, batch=2, n_pos=10, seed=1), np.int32)
+    capture = ("resid_pre",) if cfg.n_layers else ()
+    logits, acts = _run(params, tokens, cfg, capture + ("final_resid",), ())
+    for first_layer in range(cfg.n_layers + 1):
+        resid = (
+            acts["resid_pre"][first_layer] if first_layer < cfg.n_layers else acts["final_resid"]
+        )
+        for readout in READOUTS:
+            got = _from(params, resid, cfg, first_layer, (), readout)
+            assert got.shape == (2, len(readout), cfg.d_vocab)
+            np.testing.assert_allclose(got, logits[:, list(readout)], rtol=2e-5, atol=2e-5)
+
+
+def _steer_vector(site: str, cfg, seed: int) -> np.ndarray:
+    """A random shift of one position of `site` (broadcast over the other axes)."""
+    last_axis = SITES[site][1][-1]
+    width = {
+        "d_model": cfg.d_model,
+        "d_head": cfg.d_head,
+        "d_mlp": cfg.d_mlp,
+        "one": 1,
+        "key_pos": 10,
+    }[last_axis]
+    return np.random.default_rng(seed).standard_normal(width).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["attn2_ln_bias", "mlp_solu", "gemma2_gqa", "gemma3"])
+def test_readout_runs_apply_edits_at_every_site(name):
+    """Edits at every site of the last block (whether computed at every position or at
+    the readout positions only), at an earlier block and at the final residual act as
+    in a full run: shifts at single positions and a patch over all positions."""
+    cfg = SMALL_CONFIGS[name]
+    params = random_model(cfg, seed=4)
+    tokens = np.asarray(random_tokens(cfg, batch=2, n_pos=10, seed=2), np.int32)
+    other = np.asarray(random_tokens(cfg, batch=2, n_pos=10, seed=9), np.int32)
+    last = cfg.n_layers - 1
+    sites = [s for s in available_sites(cfg) if s not in ("embed", "pos_embed")]
+    _, source = _run(params, other, cfg, tuple(sites), ())
+    embed = _run(params, tokens, cfg, ("resid_pre",), ())[1]["resid_pre"][0]
+    for seed, site in enumerate(sites):
+        layer = {"layer": last} if SITES[site][0] else {}
+        vector = _steer_vector(site, cfg, seed)
+        for edit in (
+            mj.edits.steer(site, vector, pos=np.array([4, 9]), **layer),
+            mj.edits.patch(site, source[site], **layer),
+        ):
+            edits = (edit, mj.edits.zero_ablate("resid_mid", layer=0, pos=2))
+            full, _ = _run(params, tokens, cfg, (), edits)
+            got = _from(params, embed, cfg, 0, edits, (9, 5))
+            np.testing.assert_allclose(
+                got, full[:, [9, 5]], rtol=2e-5, atol=2e-5, err_msg=f"{site}: {edit}"
+            )
+            # the edit matters: without it the logits differ
+            plain = _from(params, embed, cfg, 0, edits[1:], (9, 5))
+            assert np.abs(np.asarray(plain) - np.asarray(got)).max() > 1e-4, site
+
+
+@pytest.mark.parametrize("name", ["attn2_ln_bias", "gemma2_gqa"])
+@pytest.mark.parametrize(
+    "site, over",
+    [
+        ("resid_pre", ("layer", "pos")),
+        ("z", ("layer", "head")),
+        ("k", ("layer", "pos")),
+        ("attn_out", ("pos",)),
+        ("embed", ("pos",)),
+    ],
+)
+@pytest.mark.parametrize("pos", [-1, 5])
+def test_sweeps_with_a_readout_metric_equal_full_logit_sweeps(name, site, over, pos):
+    """A built-in metric lets sweeps compute only its position's logits; a plain callable
+    (the same function, opaque to the sweep) gets full logits. Same grid."""
+    cfg = SMALL_CONFIGS[name]
+    params = random_model(cfg, seed=6)
+    clean = random_tokens(cfg, batch=3, n_pos=8, seed=7)
+    corrupted = random_tokens(cfg, batch=3, n_pos=8, seed=8)
+    answer, wrong = np.array([1, 2, 3]), np.array([4, 5, 6])
+    metric = mj.patching.metrics.logit_diff(answer, wrong, pos=pos)
+    assert mj.patching.metrics.readout(metric, 8)[0] == (pos % 8,)
+
+    def opaque(logits):
+        return metric(logits)
+
+    fast = mj.patching.activation_patching(params, cfg, clean, corrupted, site, over, metric=metric)
+    full = mj.patching.activation_patching(params, cfg, clean, corrupted, site, over, metric=opaque)
+    np.testing.assert_allclose(fast.raw, full.raw, rtol=1e-5, atol=1e-5)
+    assert np.ptp(np.asarray(full.raw)) > 1e-3  # the grid is not flat
+
+
+def test_readout_rejects_a_position_outside_the_inputs():
+    metric = mj.patching.metrics.logit_diff(1, 2, pos=8)
+    with pytest.raises(ValueError, match="outside the 8 positions"):
+        mj.patching.metrics.readout(metric, 8)
