@@ -31,11 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import layers
 from .config import ModelConfig
 from .model import _run, check_tokens
 from .params import Params, check_params, unembedding
 from .sites import capturable
-from .stream import Stream, apply_final_norm_linear
+from .stream import Stream
 
 SCORE_NAMES = ("induction", "prefix_matching", "previous_token", "duplicate_token", "copying")
 
@@ -230,14 +231,40 @@ def duplicate_token_scores(pattern, tokens) -> jax.Array:
     return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
 
 
+def head_logit_effects(params: Params, cfg: ModelConfig, stream: Stream) -> jax.Array:
+    """Each head's direct effect on the logits, `[layer, head, batch, pos, vocab]` float32:
+    its write through the norms' linear parts (with the run's frozen scales, no biases)
+    and the unembedding, i.e. `N(head_writes) @ W_U` (pre-soft-cap).
+
+    Needs `stream` with "z" (and "ln1_post_scale" / "ln_final_scale" where the model has
+    those norms). Every map between `z` and the logits is linear once the scales are
+    frozen, and a scale is one number per (batch, pos), so the product is taken as
+    `z @ (W_O N W_U)` with `[layer, head, d_head, vocab]` matrices and the scales applied
+    afterwards: d_head-wide products instead of d_model-wide ones, and no `head_writes`.
+    """
+    norm = layers.Norm(cfg)
+    blocks = params["blocks"]
+    W = blocks["W_O"].astype(jnp.float32)  # [layer, head, d_head, d_model]
+    scale = jnp.ones(stream["z"].shape[:3], jnp.float32)  # [layer, batch, pos]
+    if cfg.post_attn_norm:
+        W = norm.linear(W, 1.0, blocks["ln1_post_w"][:, None, None, :])
+        scale = scale * stream["ln1_post_scale"][..., 0]
+    if cfg.normalization != "none" and cfg.final_norm:
+        W = norm.linear(W, 1.0, params["ln_final_w"])
+        scale = scale * stream["ln_final_scale"][None, ..., 0]
+    to_vocab = jnp.einsum("lhed,dv->lhev", W, unembedding(params).astype(jnp.float32))
+    logits = jnp.einsum("lbqhe,lhev->lhbqv", stream["z"].astype(jnp.float32), to_vocab)
+    return logits * scale[:, None, :, :, None]
+
+
 def copying_scores(params: Params, cfg: ModelConfig, stream: Stream, tokens) -> jax.Array:
     """Copying score `[layer, head]` (Olsson et al. 2022), in [-1, 1].
 
-    Needs `stream` with "head_writes", "pattern" (and "ln_final_scale" if the model has a
-    final norm) from a run on `tokens [batch, pos]`. For head h at query q:
+    Needs `stream` with "pattern" and what `head_logit_effects` reads ("z", and the norm
+    scales the model has) from a run on `tokens [batch, pos]`. For head h at query q:
 
     * `l_q = N(head_writes[q]) @ W_U` `[vocab]`: the head's direct effect on the logits,
-      N being the final norm's linear part with the run's frozen scale (no biases);
+      N being the norms' linear parts with the run's frozen scales (`head_logit_effects`);
     * `r_q = l_q - mean_v(l_q)`: the raise of each token relative to the mean raise;
     * `f_q = sum_k pattern[q, k] * relu(r_q[tokens[k]]) / sum_v |r_q[v]|`: the (ReLU'd)
       raise on the attended tokens, weighted by attention, as a fraction of the total
@@ -258,10 +285,7 @@ def copying_scores(params: Params, cfg: ModelConfig, stream: Stream, tokens) -> 
     """
     tokens = jnp.asarray(tokens)
     pattern = stream["pattern"].astype(jnp.float32)  # [layer, batch, head, q, k]
-    writes = jnp.moveaxis(stream["head_writes"], 3, 1)  # [layer, head, batch, pos, d_model]
-    normed = apply_final_norm_linear(writes, stream, params, cfg).astype(jnp.float32)
-    W_U = unembedding(params).astype(jnp.float32)
-    logits = jnp.einsum("lhbqd,dv->lhbqv", normed, W_U)
+    logits = head_logit_effects(params, cfg, stream)  # [layer, head, batch, q, vocab]
     raise_ = logits - logits.mean(-1, keepdims=True)
     total = jnp.abs(raise_).sum(-1)  # [layer, head, batch, q]
     # raise of every attended (key) token at every query: r_q[tokens[b, k]]
@@ -322,7 +346,8 @@ def detection_patterns(tokens) -> dict[str, jax.Array]:
 
 
 def _capture_names(cfg: ModelConfig, names: tuple[str, ...]) -> tuple[str, ...]:
-    wanted = {"pattern"} | ({"head_writes", "ln_final_scale"} if "copying" in names else set())
+    copying = {"z", "ln1_post_scale", "ln_final_scale"}  # what head_logit_effects reads
+    wanted = {"pattern"} | (copying if "copying" in names else set())
     return tuple(sorted(wanted & set(capturable(cfg))))
 
 

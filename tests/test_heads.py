@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SMALL_CONFIGS, random_model, randomize
+from conftest import SMALL_CONFIGS, random_model, random_tokens, randomize
 
 import mechjax as mj
 from mechjax import heads
@@ -239,23 +239,45 @@ def test_pattern_shape_errors():
 
 
 def _copy_setup(V=7):
-    """A model with no final norm and W_U = I (d_model = vocab), so a write e_t raises the
-    logit of token t by exactly 1."""
+    """A model with no final norm and W_O = W_U = I (d_head = d_model = vocab), so a head
+    output z = e_t raises the logit of token t by exactly 1."""
     cfg = mj.presets.attn_only(1, d_model=V, n_heads=1, d_head=V, d_vocab=V, normalization="none")
     shapes = mj.param_shapes(cfg)
     params = {k: np.zeros(v) for k, v in shapes.items() if k != "blocks"}
     params["blocks"] = {k: np.zeros(v) for k, v in shapes["blocks"].items()}
     params["W_U"] = np.eye(V)
+    params["blocks"]["W_O"] = np.eye(V)[None, None]
     return cfg, params
 
 
-def _stream(pattern_qk, writes_pd):
+def _stream(pattern_qk, z_pd):
     return mj.Stream(
         {
             "pattern": jnp.asarray(pattern_qk, jnp.float32)[None, None, None],
-            "head_writes": jnp.asarray(writes_pd, jnp.float32)[None, None, :, None, :],
+            "z": jnp.asarray(z_pd, jnp.float32)[None, None, :, None, :],
         }
     )
+
+
+@pytest.mark.parametrize("name", ["attn1_nonorm", "attn2_ln_bias", "gemma1_mqa", "gemma2_gqa"])
+def test_head_logit_effects_equal_head_writes_through_the_norms(name):
+    """The z-route equals each head's captured write pushed through the final norm's
+    linear part (frozen scale, no bias) and W_U, in numpy float64: LayerNorm centring,
+    RMSNorm offsets, Gemma 2's post-attention norm (whose scale head_writes already holds)."""
+    cfg = SMALL_CONFIGS[name]
+    params = random_model(cfg, seed=1)
+    tokens = random_tokens(cfg, batch=2, n_pos=9, seed=2)
+    _, stream = mj.run_with_stream(params, tokens, cfg, capture="all")
+    writes = np.asarray(stream["head_writes"], np.float64)  # [layer, batch, pos, head, d]
+    if cfg.normalization != "none":
+        if cfg.normalization == "layernorm":
+            writes = writes - writes.mean(-1, keepdims=True)
+        w = np.asarray(params["ln_final_w"], np.float64) + cfg.norm_weight_offset
+        writes = writes * np.asarray(stream["ln_final_scale"], np.float64)[None, :, :, None] * w
+    ref = np.einsum("lbqhd,dv->lhbqv", writes, np.asarray(mj.params.unembedding(params)))
+    ours = np.asarray(heads.head_logit_effects(params, cfg, stream))
+    assert np.abs(ref).max() > 0.1
+    np.testing.assert_allclose(ours, ref, atol=2e-5 * np.abs(ref).max())
 
 
 def test_copying_score_closed_forms():
@@ -403,7 +425,7 @@ def test_copying_scores_against_transformer_lens_head_results(tl_setup):
                     )
                     vals.append(4 * raised / np.abs(r).sum() - 1)
             ref[l, h] = np.mean(vals)
-    _, stream = mj.run_with_stream(params, tokens, cfg)
+    _, stream = mj.run_with_stream(params, tokens, cfg, capture="all")
     ours = heads.copying_scores(params, cfg, stream, tokens)
     np.testing.assert_allclose(ours, ref, atol=2e-5)
 
@@ -413,7 +435,7 @@ def test_detect_heads_one_call_matches_parts(tl_setup):
     scores = heads.detect_heads(params, cfg, seed=4, batch=3, seg_len=6, n_repeats=4, bos_id=0)
     assert set(scores) == set(heads.SCORE_NAMES)
     tokens = heads.repeated_tokens(4, 3, 6, cfg.d_vocab, n_repeats=4, bos_id=0)
-    _, stream = mj.run_with_stream(params, tokens, cfg)
+    _, stream = mj.run_with_stream(params, tokens, cfg, capture="all")
     pattern = stream["pattern"]
     parts = {
         "induction": heads.induction_scores(pattern, 6),
