@@ -76,6 +76,11 @@ def test_patching_all_positions_of_the_residual_reproduces_the_source_run(mode):
     "name, site, over, mode",
     [
         ("attn2_ln_bias", "z", ("layer", "head", "pos"), "denoise"),
+        # head_out / attn_out / z by layer: shifts of the residual after the block
+        ("attn2_ln_bias", "head_out", ("head", "layer"), "noise"),
+        ("attn1_nonorm", "attn_out", ("layer", "pos"), "denoise"),
+        ("gqa3", "z", ("layer", "head"), "noise"),
+        ("mlp_gelu", "z", ("layer", "head"), "denoise"),  # an MLP reads it: no shift
         ("attn2_ln_bias", "pattern", ("layer", "pos"), "noise"),
         ("gqa3", "k", ("head", "layer"), "denoise"),
     ],
@@ -102,6 +107,19 @@ def test_sweep_equals_single_edits_run_one_by_one(name, site, over, mode):
         result.clean_metric - result.corrupted_metric
     )
     np.testing.assert_allclose(result.normalized, expected_norm, rtol=1e-6, atol=1e-6)
+
+
+def test_which_sweeps_run_as_residual_shifts():
+    """The cases above that should take the shortcut do; the others must not."""
+    from mechjax.patching.activation import _shifts_residual
+
+    assert _shifts_residual("head_out", ("head", "layer"), ATTN2)
+    assert _shifts_residual("attn_out", ("layer", "pos"), SMALL_CONFIGS["attn1_nonorm"])
+    assert _shifts_residual("z", ("layer", "head"), GQA3)
+    assert not _shifts_residual("z", ("head",), ATTN2)  # every layer at once
+    assert not _shifts_residual("z", ("layer", "head"), MLP2)  # the MLP reads the change
+    assert not _shifts_residual("z", ("layer",), SMALL_CONFIGS["gemma2_gqa"])  # post-norm
+    assert not _shifts_residual("q", ("layer",), ATTN2)
 
 
 def test_deep_sweep_with_grouped_start_layers_equals_single_edits():

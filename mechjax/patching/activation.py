@@ -22,6 +22,12 @@ forward pass is skipped, and the result is the same as a full re-run. When the m
 reads one position (the metrics of `metrics`), a cell computes the logits only there,
 and its last block only that position (`model._run_from`'s `readout`; keys and values
 still at every position).
+
+In an attention-only model without a post-attention norm, a head's output reaches the
+residual stream linearly: patching `z`, `head_out` or `attn_out` at layer l only adds
+`(patched - unpatched) @ W_O` (or its sum over heads) to the residual after block l. Such
+a cell starts at block l + 1 from that sum, without re-running block l's attention
+(`_shifts_residual`); a patch in the last layer then costs only the unembedding.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..config import ModelConfig
 from ..edits import Edit
@@ -52,7 +59,34 @@ def cell_patch(site: str, source: jax.Array, cell: dict) -> Edit:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "site", "chunk_size", "groups", "readout"))
+def _shifts_residual(site: str, over, cfg: ModelConfig) -> bool:
+    """Whether each cell of this sweep is a shift of the residual stream after its block
+    (see the module docstring): per-layer cells of `z` / `head_out` / `attn_out` in
+    attention-only blocks without a post-attention norm, and one start layer per group
+    (`grid.first_layer_groups` keeps every layer apart up to `MAX_LAYER_GROUPS`)."""
+    return (
+        site in ("z", "head_out", "attn_out")
+        and "layer" in over
+        and cfg.attn_only
+        and not cfg.post_attn_norm
+        and cfg.n_layers <= grid.MAX_LAYER_GROUPS
+    )
+
+
+def _residual_change(site: str, patched, unpatched, W_O) -> jax.Array:
+    """How block output changes when one layer's `site` goes from `unpatched` to
+    `patched`: `[batch, pos, d_model]` (W_O `[head, d_head, d_model]` of that layer)."""
+    diff = patched - unpatched
+    if site == "z":  # [batch, pos, head, d_head]
+        return jnp.einsum("bphe,hed->bpd", diff, W_O)
+    if site == "head_out":  # [batch, pos, head, d_model]
+        return diff.sum(axis=2)
+    return diff  # attn_out
+
+
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "site", "chunk_size", "groups", "readout", "shift")
+)
 def _sweep(
     params,
     clean,
@@ -61,18 +95,24 @@ def _sweep(
     metric,
     read_metric,
     denoise,
+    unorder,
     *,
     cfg,
     site,
     chunk_size,
     groups,
     readout,
+    shift,
 ):
     """`cells` are ordered by group; `groups` is ((first_layer, n_cells), ...) (static).
     `readout`: the positions whose logits `read_metric` scores (`metrics.readout`; None:
-    all). Returns the raw metrics in that order."""
+    all). `shift`: `_shifts_residual` (each group is then one layer). Returns the raw
+    metrics in the grid's row-major order (`unorder` [cell] inverts the grouping)."""
     # the target run's residual stream is only needed where cells start past block 0
-    capture = (site, "resid_pre") if any(first for first, _ in groups) else (site,)
+    if shift:
+        capture = (site, "resid_post")
+    else:
+        capture = (site, "resid_pre") if any(first for first, _ in groups) else (site,)
     (clean_logits, clean_acts), (corrupted_logits, corrupted_acts) = grid.run_pair(
         params, clean, corrupted, cfg, capture
     )
@@ -82,11 +122,18 @@ def _sweep(
 
     raws, offset = [], 0
     for first_layer, n_cells in groups:
-        resid = target_acts["resid_pre"][first_layer] if first_layer else None
+        resid = target_acts["resid_pre"][first_layer] if first_layer and not shift else None
 
         def one_cell(cell, first_layer=first_layer, resid=resid):
             edits = (cell_patch(site, source, cell),)
-            if first_layer:
+            if shift:  # the block's output plus the patch's change, from block l + 1 on
+                unpatched = target_acts[site][first_layer]
+                patched = edits[0].apply(unpatched, first_layer)
+                W_O = params["blocks"]["W_O"][first_layer]
+                resid = target_acts["resid_post"][first_layer]
+                resid = resid + _residual_change(site, patched, unpatched, W_O)
+                logits, _ = _run_from(params, resid, cfg, first_layer + 1, (), (), readout)
+            elif first_layer:
                 logits, _ = _run_from(params, resid, cfg, first_layer, (), edits, readout)
             else:
                 logits, _ = _run(params, target, cfg, (), edits, readout)
@@ -95,7 +142,8 @@ def _sweep(
         group_cells = {k: v[offset : offset + n_cells] for k, v in cells.items()}
         raws.append(grid.map_cells(one_cell, group_cells, chunk_size))
         offset += n_cells
-    return jnp.concatenate(raws), metric(clean_logits), metric(corrupted_logits)
+    raw = jnp.concatenate(raws)[unorder]
+    return raw, metric(clean_logits), metric(corrupted_logits)
 
 
 def activation_patching(
@@ -146,11 +194,12 @@ def activation_patching(
         metric,
         read_metric,
         denoise,
+        np.argsort(order).astype(np.int32),
         cfg=cfg,
         site=site,
         chunk_size=chunk_size,
         groups=groups,
         readout=positions,
+        shift=_shifts_residual(site, over, cfg),
     )
-    raw = jnp.zeros_like(raw).at[order].set(raw)  # back to the grid's row-major order
     return grid.make_result(raw, clean_metric, corrupted_metric, site, over, sizes, mode, cfg)

@@ -157,10 +157,11 @@ def axis_size(axis: str, site: str, cfg: ModelConfig, n_pos: int) -> int:
     return cfg.n_kv_heads if "kv_head" in SITES[site][1] else cfg.n_heads
 
 
-def grid(sizes: tuple[int, ...], over: tuple[str, ...]) -> dict[str, jax.Array]:
-    """Flat int32 index arrays `{axis: [cell]}`, cells in row-major order of `sizes`."""
+def grid(sizes: tuple[int, ...], over: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Flat int32 index arrays `{axis: [cell]}`, cells in row-major order of `sizes`
+    (numpy: reordering them on the host costs no device dispatches)."""
     mesh = np.meshgrid(*[np.arange(n) for n in sizes], indexing="ij")
-    return {axis: jnp.asarray(m.reshape(-1), jnp.int32) for axis, m in zip(over, mesh)}
+    return {axis: m.reshape(-1).astype(np.int32) for axis, m in zip(over, mesh)}
 
 
 MAX_LAYER_GROUPS = 8  # each group compiles its own stack of blocks

@@ -118,8 +118,26 @@ def resolve_metric(metric, answers, cfg, tokens_shape: tuple[int, ...]) -> Metri
     return check_metric(metric, cfg, tokens_shape)
 
 
+_CHECKED: set = set()  # signatures of metrics already seen to return a scalar
+_MAX_CHECKED = 256
+
+
+def _signature(metric: Metric, logits: jax.ShapeDtypeStruct):
+    """What the check's outcome depends on: the function and the static parts of the
+    metric's tree, the shapes and dtypes of its bound arrays (and the values of its
+    Python numbers, e.g. `pos`), and the logits' shape and dtype."""
+    leaves, treedef = jax.tree_util.tree_flatten(metric)
+    parts = tuple(
+        (type(x), x) if isinstance(x, int | float | bool) else (np.shape(x), np.result_type(x))
+        for x in leaves
+    )
+    return treedef, parts, logits.shape, logits.dtype
+
+
 def check_metric(metric, cfg, tokens_shape: tuple[int, ...]) -> Metric:
-    """Wrap a plain callable as a `Partial` and check it maps logits to a scalar."""
+    """Wrap a plain callable as a `Partial` and check it maps logits to a scalar (once
+    per signature: a sweep called again with new answer ids of the same shape skips
+    the trace)."""
     if not callable(metric):
         raise ValueError(
             f"metric must be callable f(logits) -> scalar, got {type(metric).__name__}"
@@ -127,6 +145,9 @@ def check_metric(metric, cfg, tokens_shape: tuple[int, ...]) -> Metric:
     if not isinstance(metric, Partial):
         metric = Partial(metric)
     logits = jax.ShapeDtypeStruct((*tokens_shape, cfg.d_vocab), jnp.dtype(cfg.dtype))
+    signature = _signature(metric, logits)
+    if signature in _CHECKED:
+        return metric
     try:
         out = jax.eval_shape(metric, logits)
     except Exception as err:  # surface the metric's own error with context
@@ -139,4 +160,7 @@ def check_metric(metric, cfg, tokens_shape: tuple[int, ...]) -> Metric:
             f"metric must return a scalar (e.g. average over the batch), got shape "
             f"{getattr(out, 'shape', type(out).__name__)}"
         )
+    if len(_CHECKED) >= _MAX_CHECKED:
+        _CHECKED.clear()
+    _CHECKED.add(signature)
     return metric
