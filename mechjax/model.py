@@ -269,19 +269,19 @@ def _run_from(
     MLP and output only there (its keys and values still at every position): what a
     metric reading a few positions needs, at a fraction of the cost (the unembedding
     and the last block dominate small sweeps; a 256k-token vocabulary, big ones). Edits
-    of the activations computed only there act on those positions (`Edit.at_positions`);
-    nothing may be captured."""
-    if readout is not None and capture:
-        raise ValueError("a readout run computes some positions only: it cannot capture")
+    of the activations computed only there act on those positions (`Edit.at_positions`).
+    A readout run that captures runs every block and the final norm at every position
+    (the captures are whole) and unembeds only the readout positions."""
     P = resid.shape[1]
+    n_run = cfg.n_layers - first_layer
+    whole_last_block = readout is None or bool(capture) or not n_run
+    n_scanned = n_run if whole_last_block else n_run - 1
     final_edits = tuple(e for e in edits if not SITES[e.site][0])
-    if readout is not None:
+    if not whole_last_block:  # the final residual holds the readout positions only
         final_edits = tuple(e.at_positions(readout) for e in final_edits)
     top = _SiteHooks(capture, final_edits)
     layer_edits = tuple(e for e in edits if SITES[e.site][0])
     stacked: dict[str, jax.Array] = {}
-    n_run = cfg.n_layers - first_layer
-    n_scanned = n_run - 1 if readout is not None and n_run else n_run
     if n_run:
         cos, sin = layers.rope_tables(cfg, P) if cfg.positional == "rope" else (None, None)
         windows = np.array(
@@ -318,9 +318,6 @@ def _run_from(
             resid = _block(
                 resid, x["lp"], x.get("cos"), x.get("sin"), x["window"], cfg, hooks, readout
             )
-    if readout is not None and n_scanned == n_run:
-        resid = resid[:, np.asarray(readout)]
-
     resid = top("final_resid", resid)
     h = resid
     if cfg.normalization != "none" and cfg.final_norm:
@@ -331,6 +328,8 @@ def _run_from(
             params["ln_final_w"],
             params.get("ln_final_b"),
         )
+    if readout is not None and whole_last_block:
+        h = h[:, np.asarray(readout)]
     logits = jnp.einsum("bpd,dv->bpv", h, unembedding(params))
     if cfg.use_unembed_bias:
         logits = logits + params["b_U"]

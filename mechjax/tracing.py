@@ -108,15 +108,18 @@ def trace_noise(key, shape: tuple[int, int, int], subject_pos, noise_std: float,
 def _trace(params, tokens, noise, answer, *, cfg, kinds, window, chunk_size):
     sites = tuple(KINDS[k] for k in kinds)
     n_samples = noise.shape[0] // tokens.shape[0]
-    clean_logits, clean_acts = _run(params, tokens, cfg, sites, ())
-    metric = answer_prob(jnp.tile(answer, n_samples))
-    clean_prob = answer_prob(answer)(clean_logits)
+    n_pos = tokens.shape[1]
+    # every run scores the logits at the last position only
+    positions, read_clean = readout(answer_prob(answer), n_pos)
+    _, read_metric = readout(answer_prob(jnp.tile(answer, n_samples)), n_pos)
+    clean_logits, clean_acts = _run(params, tokens, cfg, sites, (), positions)
+    clean_prob = read_clean(clean_logits)
 
     noisy_tokens = jnp.tile(tokens, (n_samples, 1))
     # restored values, tiled to the noisy batch: [layer, samples * batch, pos, d_model]
     clean_acts = {s: jnp.tile(a, (1, n_samples, 1, 1)) for s, a in clean_acts.items()}
     corrupt = Edit(site="embed", scale=jnp.float32(1.0), value=noise.astype(jnp.dtype(cfg.dtype)))
-    corrupted_prob = metric(_run(params, noisy_tokens, cfg, (), (corrupt,))[0])
+    corrupted_prob = read_metric(_run(params, noisy_tokens, cfg, (), (corrupt,), positions)[0])
 
     def restore(cell):
         edits = [corrupt]
@@ -125,8 +128,6 @@ def _trace(params, tokens, noise, answer, *, cfg, kinds, window, chunk_size):
             edits.append(cell_patch(KINDS[kind], clean_acts[KINDS[kind]], where))
         return read_metric(_run(params, noisy_tokens, cfg, (), tuple(edits), positions)[0])
 
-    n_pos = tokens.shape[1]
-    positions, read_metric = readout(metric, n_pos)  # logits at the last position only
     flat = grid.map_cells(restore, _cells(kinds, cfg.n_layers, n_pos, window), chunk_size)
     maps = dict(zip(kinds, flat.reshape(len(kinds), cfg.n_layers, n_pos)))
     return maps, clean_prob, corrupted_prob

@@ -45,6 +45,22 @@ def test_readout_equals_full_logits_at_those_positions(name):
             np.testing.assert_allclose(got, logits[:, list(readout)], rtol=2e-5, atol=2e-5)
 
 
+def test_readout_runs_capture_whole_per_layer_sites():
+    """Capturing in a readout run (what a sweep's clean and corrupted runs do) keeps every
+    block whole: the captures equal a full run's, the logits are those at the readout."""
+    cfg = SMALL_CONFIGS["gemma2_gqa"]
+    params = random_model(cfg, seed=5)
+    tokens = np.asarray(random_tokens(cfg, batch=2, n_pos=10, seed=3), np.int32)
+    capture = ("z", "resid_post", "mlp_out", "final_resid", "ln_final_scale")
+    logits, acts = _full(params, tokens, cfg, capture, ())
+    read = jax.jit(_run, static_argnums=(2, 3, 4, 5))
+    got_logits, got = read(params, tokens, cfg, capture, (), (9, 4))
+    np.testing.assert_allclose(got_logits, logits[:, [9, 4]], rtol=2e-5, atol=2e-5)
+    for name in capture:
+        assert got[name].shape == acts[name].shape
+        np.testing.assert_allclose(got[name], acts[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 def _steer_vector(site: str, cfg, seed: int) -> np.ndarray:
     """A random shift of one position of `site` (broadcast over the other axes)."""
     last_axis = SITES[site][1][-1]

@@ -92,7 +92,6 @@ def _sweep(
     clean,
     corrupted,
     cells,
-    metric,
     read_metric,
     denoise,
     unorder,
@@ -114,7 +113,7 @@ def _sweep(
     else:
         capture = (site, "resid_pre") if any(first for first, _ in groups) else (site,)
     (clean_logits, clean_acts), (corrupted_logits, corrupted_acts) = grid.run_pair(
-        params, clean, corrupted, cfg, capture
+        params, clean, corrupted, cfg, capture, readout
     )
     target = grid.pick(denoise, corrupted, clean)
     target_acts = grid.pick(denoise, corrupted_acts, clean_acts)
@@ -143,7 +142,7 @@ def _sweep(
         raws.append(grid.map_cells(one_cell, group_cells, chunk_size))
         offset += n_cells
     raw = jnp.concatenate(raws)[unorder]
-    return raw, metric(clean_logits), metric(corrupted_logits)
+    return raw, read_metric(clean_logits), read_metric(corrupted_logits)
 
 
 def activation_patching(
@@ -191,7 +190,6 @@ def activation_patching(
         clean,
         corrupted,
         {axis: index[order] for axis, index in cells.items()},
-        metric,
         read_metric,
         denoise,
         np.argsort(order).astype(np.int32),

@@ -190,11 +190,12 @@ def first_layer_groups(cells: dict[str, jax.Array], site: str, cfg: ModelConfig)
     return order, groups
 
 
-def run_pair(params, clean, corrupted, cfg: ModelConfig, capture: tuple[str, ...]):
+def run_pair(params, clean, corrupted, cfg: ModelConfig, capture: tuple[str, ...], readout=None):
     """Clean and corrupted runs as one batched forward pass (inside jit): returns
-    `(clean_logits, clean_acts), (corrupted_logits, corrupted_acts)`."""
+    `(clean_logits, clean_acts), (corrupted_logits, corrupted_acts)`, the logits only at
+    the positions `readout` when given (`model._run_from`)."""
     n = clean.shape[0]
-    logits, acts = _run(params, jnp.concatenate([clean, corrupted]), cfg, capture, ())
+    logits, acts = _run(params, jnp.concatenate([clean, corrupted]), cfg, capture, (), readout)
 
     def split(name, x, part):
         axis = 1 if is_per_layer(name) else 0

@@ -62,7 +62,6 @@ def _path_sweep(
     cells,
     sender_mask,
     receiver_pos,
-    metric,
     read_metric,
     *,
     cfg,
@@ -75,7 +74,7 @@ def _path_sweep(
     freeze_mlps = freeze_mlps and not cfg.attn_only
     clean_names = ("attn_out", "head_writes") + (("mlp_out",) if freeze_mlps else ())
     (clean_logits, c), (corrupted_logits, x) = grid.run_pair(
-        params, clean, corrupted, cfg, clean_names
+        params, clean, corrupted, cfg, clean_names, readout
     )
     # [layer, batch, pos, head, d_model], zero outside the sender positions
     diff = (x["head_writes"] - c["head_writes"]) * sender_mask[None, None, :, None, None]
@@ -107,7 +106,7 @@ def _path_sweep(
         return read_metric(_run(params, clean, cfg, (), tuple(patches), readout)[0])
 
     raw = grid.map_cells(one_sender, cells, chunk_size)
-    return raw, metric(clean_logits), metric(corrupted_logits)
+    return raw, read_metric(clean_logits), read_metric(corrupted_logits)
 
 
 def _group(receivers) -> dict[tuple[int, str], tuple[int, ...]]:
@@ -210,7 +209,6 @@ def path_patching(
         grid.grid(sizes, over),
         sender_mask,
         _positions(receiver_pos, n_pos, "receiver_pos"),
-        metric,
         read_metric,
         cfg=cfg,
         receivers=receivers,
