@@ -106,13 +106,24 @@ def _causal_attention(qh, kh, vh, window, cfg: ModelConfig, dtype) -> jax.Array:
     return zh.reshape(B, *zh.shape[2:])
 
 
-def _attention(h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks, queries=None):
-    """One attention sub-block. h [batch, pos, d_model] (already normed). `queries`: a
-    static tuple of query positions to compute (keys and values are always computed at
-    every position); the output then has `len(queries)` positions."""
+def _attention(
+    h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks, queries=None, prefix=None
+):
+    """One attention sub-block. h [batch, pos, d_model] (already normed).
+
+    queries: a static tuple of (absolute) query positions to compute; keys and values
+        are still computed at every position h holds. The output then has
+        `len(queries)` positions.
+    prefix: `(k, v)` `[batch, start, kv_head, d_head]`, the keys and values of positions
+        `0 .. start - 1` from another run; h then holds positions `start ..` only (whose
+        keys and values are computed and appended; RoPE and masks use absolute
+        positions).
+    """
     B, P, _ = h.shape
     K, G, E = cfg.n_kv_heads, cfg.group_size, cfg.d_head
-    rows = slice(None) if queries is None else np.asarray(queries)
+    start = 0 if prefix is None else prefix[0].shape[1]
+    absolute = np.arange(start, start + P) if queries is None else np.asarray(queries)
+    rows = slice(None) if queries is None else absolute - start
     q = jnp.einsum("bpd,hde->bphe", h[:, rows], lp["W_Q"])
     R = q.shape[1]
     k = jnp.einsum("bpd,kde->bpke", h, lp["W_K"])
@@ -123,8 +134,12 @@ def _attention(h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks
         q = norm(q, norm.scale(q), lp["q_norm_w"])
         k = norm(k, norm.scale(k), lp["k_norm_w"])
     if cfg.positional == "rope":
-        q, k = layers.apply_rope(q, cos[rows], sin[rows]), layers.apply_rope(k, cos, sin)
+        q = layers.apply_rope(q, cos[absolute], sin[absolute])
+        k = layers.apply_rope(k, cos[start:], sin[start:])
     q, k, v = site("q", q), site("k", k), site("v", v)
+    if prefix is not None:
+        k, v = (jnp.concatenate([before, now], axis=1) for before, now in zip(prefix, (k, v)))
+        queries, P = tuple(absolute.tolist()), start + P
 
     # head-major layouts; query head h belongs to key/value group h // G (HF's repeat_kv
     # order). The score matmuls run much faster on CPU in this layout than position-major.
@@ -204,17 +219,21 @@ def _mlp(h, lp, cfg: ModelConfig, norm, site: _SiteHooks):
     return site("mlp_out", out)
 
 
-def _block(resid, lp, cos, sin, window, cfg: ModelConfig, site: _SiteHooks, queries=None):
+def _block(
+    resid, lp, cos, sin, window, cfg: ModelConfig, site: _SiteHooks, queries=None, prefix=None
+):
     """One block. `queries` (static positions): compute only those positions' outputs
-    (keys and values still come from every position), as `_attention`."""
+    (keys and values still come from every position); `prefix`: earlier positions'
+    keys and values, resid holding the later positions only; both as `_attention`."""
     norm = layers.Norm(cfg)
     has_norm = cfg.normalization != "none"
     resid = site("resid_pre", resid)
     h = resid
     if has_norm:
         h = norm(resid, site("ln1_scale", norm.scale(resid)), lp["ln1_w"], lp.get("ln1_b"))
-    attn = _attention(h, lp, cos, sin, window, cfg, norm, site, queries)
-    resid = (resid if queries is None else resid[:, np.asarray(queries)]) + attn
+    attn = _attention(h, lp, cos, sin, window, cfg, norm, site, queries, prefix)
+    start = 0 if prefix is None else prefix[0].shape[1]
+    resid = (resid if queries is None else resid[:, np.asarray(queries) - start]) + attn
     if cfg.attn_only:
         return site("resid_post", resid)
     resid = site("resid_mid", resid)
@@ -257,6 +276,7 @@ def _run_from(
     capture: tuple[str, ...],
     edits: tuple[Edit, ...],
     readout: tuple[int, ...] | None = None,
+    prefix=None,
 ):
     """Blocks `first_layer .. n_layers - 1` and the unembedding, from `resid` [batch, pos,
     d_model], the residual stream before block `first_layer` (static). Returns (logits,
@@ -271,14 +291,29 @@ def _run_from(
     and the last block dominate small sweeps; a 256k-token vocabulary, big ones). Edits
     of the activations computed only there act on those positions (`Edit.at_positions`).
     A readout run that captures runs every block and the final norm at every position
-    (the captures are whole) and unembeds only the readout positions."""
-    P = resid.shape[1]
+    (the captures are whole) and unembeds only the readout positions.
+
+    prefix: `(k, v)` stacked `[layer, batch, start, kv_head, d_head]` (all layers), the
+    keys and values of positions `0 .. start - 1` in an unchanged run; `resid` then holds
+    positions `start ..` only, and so do the logits (readout positions, absolute, must
+    be >= start). Causal attention makes this exact for any change at positions >=
+    start: the earlier positions' keys and values cannot see it. Activation patching
+    uses it to skip the positions before the patched one. Nothing may be captured; edits
+    act on the positions computed (`Edit.at_positions`)."""
+    start = 0 if prefix is None else prefix[0].shape[2]
+    if prefix is not None and capture:
+        raise ValueError("a run from a key/value prefix computes later positions only: no capture")
+    P = start + resid.shape[1]  # positions in the sequence
+    held = None if prefix is None else tuple(range(start, P))  # the positions computed
+
+    def narrowed(edit, positions):
+        return edit if positions is None else edit.at_positions(positions)
+
     n_run = cfg.n_layers - first_layer
     whole_last_block = readout is None or bool(capture) or not n_run
     n_scanned = n_run if whole_last_block else n_run - 1
     final_edits = tuple(e for e in edits if not SITES[e.site][0])
-    if not whole_last_block:  # the final residual holds the readout positions only
-        final_edits = tuple(e.at_positions(readout) for e in final_edits)
+    final_edits = tuple(narrowed(e, held if whole_last_block else readout) for e in final_edits)
     top = _SiteHooks(capture, final_edits)
     layer_edits = tuple(e for e in edits if SITES[e.site][0])
     stacked: dict[str, jax.Array] = {}
@@ -295,10 +330,22 @@ def _run_from(
         )
         if cos is not None:
             xs.update(cos=cos[first_layer:], sin=sin[first_layer:])
+        if prefix is not None:
+            xs.update(prefix=tuple(kv[first_layer:] for kv in prefix))
+        block_edits = tuple(narrowed(e, held) for e in layer_edits)
 
         def body(resid, x):
-            hooks = _SiteHooks(capture, layer_edits, x["layer"])
-            resid = _block(resid, x["lp"], x.get("cos"), x.get("sin"), x["window"], cfg, hooks)
+            hooks = _SiteHooks(capture, block_edits, x["layer"])
+            resid = _block(
+                resid,
+                x["lp"],
+                x.get("cos"),
+                x.get("sin"),
+                x["window"],
+                cfg,
+                hooks,
+                prefix=x.get("prefix"),
+            )
             return resid, hooks.captured
 
         if n_scanned:
@@ -311,12 +358,20 @@ def _run_from(
             hooks = _SiteHooks(
                 (),
                 tuple(
-                    e if e.site in _BEFORE_QUERIES else e.at_positions(readout) for e in layer_edits
+                    narrowed(e, held if e.site in _BEFORE_QUERIES else readout) for e in layer_edits
                 ),
                 x["layer"],
             )
             resid = _block(
-                resid, x["lp"], x.get("cos"), x.get("sin"), x["window"], cfg, hooks, readout
+                resid,
+                x["lp"],
+                x.get("cos"),
+                x.get("sin"),
+                x["window"],
+                cfg,
+                hooks,
+                readout,
+                x.get("prefix"),
             )
     resid = top("final_resid", resid)
     h = resid
@@ -329,7 +384,7 @@ def _run_from(
             params.get("ln_final_b"),
         )
     if readout is not None and whole_last_block:
-        h = h[:, np.asarray(readout)]
+        h = h[:, np.asarray(readout) - start]
     logits = jnp.einsum("bpd,dv->bpv", h, unembedding(params))
     if cfg.use_unembed_bias:
         logits = logits + params["b_U"]

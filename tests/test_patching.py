@@ -82,13 +82,16 @@ def test_patching_all_positions_of_the_residual_reproduces_the_source_run(mode):
         ("gqa3", "z", ("layer", "head"), "noise"),
         ("mlp_gelu", "z", ("layer", "head"), "denoise"),  # an MLP reads it: no shift
         ("attn2_ln_bias", "pattern", ("layer", "pos"), "noise"),
+        # runs from a position: RoPE offsets, sliding windows, q/k norms, all layers at once
+        ("gemma2_gqa", "resid_pre", ("layer", "pos"), "denoise"),
+        ("gemma3", "v", ("pos",), "noise"),
         ("gqa3", "k", ("head", "layer"), "denoise"),
     ],
 )
 def test_sweep_equals_single_edits_run_one_by_one(name, site, over, mode):
     cfg = GQA3 if name == "gqa3" else SMALL_CONFIGS[name]
     params = random_model(cfg)
-    clean, corrupted = _pair(cfg)
+    clean, corrupted = _pair(cfg, n_pos=6)
     chunk_size = 5 if site == "z" else None  # lax.map over vmapped chunks of 5 cells
     result = activation_patching(params, cfg, clean, corrupted, site, over, answers=ANSWERS,
                                  mode=mode, chunk_size=chunk_size)  # fmt: skip
@@ -120,6 +123,23 @@ def test_which_sweeps_run_as_residual_shifts():
     assert not _shifts_residual("z", ("layer", "head"), MLP2)  # the MLP reads the change
     assert not _shifts_residual("z", ("layer",), SMALL_CONFIGS["gemma2_gqa"])  # post-norm
     assert not _shifts_residual("q", ("layer",), ATTN2)
+
+
+def test_start_groups_split_layers_and_positions():
+    from mechjax.patching import grid
+
+    cells = grid.grid((2, 8), ("layer", "pos"))
+    order, groups = grid.start_groups(cells, "resid_pre", ATTN2, last_start=5)
+    # positions start at 0, 2, 4 and 5 (6 is capped at the first position read, 5)
+    assert groups == tuple((l, p, 2) for l in (0, 1) for p in (0, 2, 4, 5))
+    layers, pos = cells["layer"][order], cells["pos"][order]
+    firsts = [(l, p) for l, p, n in groups for _ in range(n)]
+    assert all(pos[i] >= p and layers[i] == l for i, (l, p) in enumerate(firsts))
+    assert sorted(order.tolist()) == list(range(16))
+    # without a readout every cell starts at position 0; model-wide sites at block 0
+    assert grid.start_groups(cells, "resid_pre", ATTN2)[1] == ((0, 0, 8), (1, 0, 8))
+    embed_cells = grid.grid((8,), ("pos",))
+    assert grid.start_groups(embed_cells, "embed", ATTN2, last_start=7)[1] == ((0, 0, 8),)
 
 
 def test_deep_sweep_with_grouped_start_layers_equals_single_edits():

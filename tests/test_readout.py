@@ -61,6 +61,38 @@ def test_readout_runs_capture_whole_per_layer_sites():
         np.testing.assert_allclose(got[name], acts[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 5))
+def _from_prefix(params, resid, cfg, first_layer, edits, readout, prefix):
+    return _run_from(params, resid, cfg, first_layer, (), edits, readout, prefix)[0]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in SMALL_CONFIGS.items() if c.n_layers))
+def test_runs_from_a_key_value_prefix_equal_full_runs(name):
+    """Positions `start ..` from the unedited run's keys and values before `start`, with
+    edits at later positions (a residual shift and an ablated attention row in the last
+    layer), equal the full edited run there: every architecture (RoPE offsets, windows,
+    GQA, soft-caps), from the first and the last block, with and without a readout."""
+    cfg = SMALL_CONFIGS[name]
+    params = random_model(cfg, seed=6)
+    tokens = np.asarray(random_tokens(cfg, batch=2, n_pos=10, seed=4), np.int32)
+    last = cfg.n_layers - 1
+    edits = (
+        mj.edits.steer("resid_pre", _steer_vector("resid_pre", cfg, 1), layer=last, pos=7),
+        mj.edits.zero_ablate("pattern", layer=last, pos=8),
+    )
+    edited = _full(params, tokens, cfg, (), edits)[0]
+    acts = _full(params, tokens, cfg, ("resid_pre", "k", "v"), ())[1]
+    assert np.abs(edited - _full(params, tokens, cfg, (), ())[0]).max() > 1e-3
+    for first_layer in sorted({0, last}):
+        for start in (1, 6):
+            resid = acts["resid_pre"][first_layer][:, start:]
+            prefix = (acts["k"][:, :, :start], acts["v"][:, :, :start])
+            got = _from_prefix(params, resid, cfg, first_layer, edits, None, prefix)
+            np.testing.assert_allclose(got, edited[:, start:], rtol=2e-5, atol=2e-5)
+            got = _from_prefix(params, resid, cfg, first_layer, edits, (9, 7), prefix)
+            np.testing.assert_allclose(got, edited[:, [9, 7]], rtol=2e-5, atol=2e-5)
+
+
 def _steer_vector(site: str, cfg, seed: int) -> np.ndarray:
     """A random shift of one position of `site` (broadcast over the other axes)."""
     last_axis = SITES[site][1][-1]

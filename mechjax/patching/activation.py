@@ -16,12 +16,15 @@ whose selectors are the cell's indices, and all cells run under `jax.vmap` (or, 
 `chunk_size`, `lax.map` over vmapped chunks) inside one `jax.jit`.
 
 A patch at layer l cannot change anything before block l, so each cell re-runs only the
-blocks from its layer on, starting from the unpatched run's `resid_pre` there (cells are
-grouped by their first layer, `grid.first_layer_groups`): on average about half of the
-forward pass is skipped, and the result is the same as a full re-run. When the metric
-reads one position (the metrics of `metrics`), a cell computes the logits only there,
-and its last block only that position (`model._run_from`'s `readout`; keys and values
-still at every position).
+blocks from its layer on, starting from the unpatched run's `resid_pre` there: on
+average about half of the forward pass is skipped, and the result is the same as a full
+re-run. When the metric reads one position (the metrics of `metrics`), a cell computes
+the logits only there, and its last block only that position (`model._run_from`'s
+`readout`; keys and values still at every position). And since attention is causal, a
+patch at position p cannot change any earlier position: such a cell computes only the
+positions from p on, with the earlier positions' keys and values taken from the
+unpatched run (`_run_from`'s `prefix`). Cells are grouped by start layer and position
+(`grid.start_groups`), one compiled run per group.
 
 In an attention-only model without a post-attention norm, a head's output reaches the
 residual stream linearly: patching `z`, `head_out` or `attn_out` at layer l only adds
@@ -63,7 +66,7 @@ def _shifts_residual(site: str, over, cfg: ModelConfig) -> bool:
     """Whether each cell of this sweep is a shift of the residual stream after its block
     (see the module docstring): per-layer cells of `z` / `head_out` / `attn_out` in
     attention-only blocks without a post-attention norm, and one start layer per group
-    (`grid.first_layer_groups` keeps every layer apart up to `MAX_LAYER_GROUPS`)."""
+    (`grid.start_groups` keeps every layer apart up to `MAX_LAYER_GROUPS`)."""
     return (
         site in ("z", "head_out", "attn_out")
         and "layer" in over
@@ -103,15 +106,19 @@ def _sweep(
     readout,
     shift,
 ):
-    """`cells` are ordered by group; `groups` is ((first_layer, n_cells), ...) (static).
+    """`cells` are ordered by group; `groups` is ((first_layer, first_pos, n_cells), ...)
+    (static, `grid.start_groups`).
     `readout`: the positions whose logits `read_metric` scores (`metrics.readout`; None:
     all). `shift`: `_shifts_residual` (each group is then one layer). Returns the raw
     metrics in the grid's row-major order (`unorder` [cell] inverts the grouping)."""
-    # the target run's residual stream is only needed where cells start past block 0
+    # the target run's residual stream is only needed where cells start past block 0,
+    # its keys and values where they start past position 0
     if shift:
         capture = (site, "resid_post")
     else:
-        capture = (site, "resid_pre") if any(first for first, _ in groups) else (site,)
+        capture = (site,) + ("resid_pre",) * any(l or p for l, p, _ in groups)
+        capture += ("k", "v") * any(p for _, p, _ in groups)
+    capture = tuple(dict.fromkeys(capture))  # the site may be one of them
     (clean_logits, clean_acts), (corrupted_logits, corrupted_acts) = grid.run_pair(
         params, clean, corrupted, cfg, capture, readout
     )
@@ -120,10 +127,14 @@ def _sweep(
     source = grid.pick(denoise, clean_acts[site], corrupted_acts[site])
 
     raws, offset = [], 0
-    for first_layer, n_cells in groups:
-        resid = target_acts["resid_pre"][first_layer] if first_layer and not shift else None
+    for first_layer, first_pos, n_cells in groups:
+        resid = prefix = None
+        if (first_layer or first_pos) and not shift:
+            resid = target_acts["resid_pre"][first_layer][:, first_pos:]
+        if first_pos:
+            prefix = tuple(target_acts[kv][:, :, :first_pos] for kv in ("k", "v"))
 
-        def one_cell(cell, first_layer=first_layer, resid=resid):
+        def one_cell(cell, first_layer=first_layer, resid=resid, prefix=prefix):
             edits = (cell_patch(site, source, cell),)
             if shift:  # the block's output plus the patch's change, from block l + 1 on
                 unpatched = target_acts[site][first_layer]
@@ -132,8 +143,8 @@ def _sweep(
                 resid = target_acts["resid_post"][first_layer]
                 resid = resid + _residual_change(site, patched, unpatched, W_O)
                 logits, _ = _run_from(params, resid, cfg, first_layer + 1, (), (), readout)
-            elif first_layer:
-                logits, _ = _run_from(params, resid, cfg, first_layer, (), edits, readout)
+            elif resid is not None:
+                logits, _ = _run_from(params, resid, cfg, first_layer, (), edits, readout, prefix)
             else:
                 logits, _ = _run(params, target, cfg, (), edits, readout)
             return read_metric(logits)
@@ -183,8 +194,10 @@ def activation_patching(
     over, sizes = grid.check_over(site, over, cfg, clean.shape[1])
     metric = metrics.resolve_metric(metric, answers, cfg, clean.shape)
     cells = grid.grid(sizes, over)
-    order, groups = grid.first_layer_groups(cells, site, cfg)
     positions, read_metric = metrics.readout(metric, clean.shape[1])
+    shift = _shifts_residual(site, over, cfg)
+    last_start = None if positions is None or shift else min(positions)
+    order, groups = grid.start_groups(cells, site, cfg, last_start)
     raw, clean_metric, corrupted_metric = _sweep(
         params,
         clean,
@@ -198,6 +211,6 @@ def activation_patching(
         chunk_size=chunk_size,
         groups=groups,
         readout=positions,
-        shift=_shifts_residual(site, over, cfg),
+        shift=shift,
     )
     return grid.make_result(raw, clean_metric, corrupted_metric, site, over, sizes, mode, cfg)

@@ -165,28 +165,48 @@ def grid(sizes: tuple[int, ...], over: tuple[str, ...]) -> dict[str, np.ndarray]
 
 
 MAX_LAYER_GROUPS = 8  # each group compiles its own stack of blocks
+MAX_POSITION_GROUPS = 4  # ... and, within a layer group, its own run from a position
+MAX_GROUPS = 12  # fewer position groups for deep models: compile time grows with groups
 
 
-def first_layer_groups(cells: dict[str, jax.Array], site: str, cfg: ModelConfig):
-    """Group a sweep's cells by the block their patched run starts from.
+def _group_starts(index: np.ndarray, n: int, max_groups: int) -> np.ndarray:
+    """The start of each index's group, for at most `max_groups` evenly spaced starts
+    over `range(n)` (an index belongs to the last start <= it)."""
+    starts = np.unique(np.linspace(0, n, max_groups + 1).astype(int)[:-1])
+    return starts[np.searchsorted(starts, index, side="right") - 1]
 
-    A cell patching layer l re-runs blocks l .. n_layers - 1 only. Cells are grouped by
-    start layer, at most `MAX_LAYER_GROUPS` groups (evenly spaced start layers; a cell
-    starts at the last group start <= its layer), so compile time stays bounded for deep
-    models. Cells without a layer index (model-wide sites, or `layer` not swept) start
-    at block 0.
+
+def start_groups(cells: dict[str, np.ndarray], site: str, cfg: ModelConfig, last_start=None):
+    """Group a sweep's cells by where their patched run starts: a block and a position.
+
+    A cell patching layer l re-runs blocks l .. n_layers - 1 only; one patching position
+    p, when only some positions' logits are read, computes only positions from p on
+    (earlier positions' keys and values come from the unpatched run: `model._run_from`'s
+    `prefix`). Start layers are grouped into at most `MAX_LAYER_GROUPS` evenly spaced
+    starts and start positions into at most `MAX_POSITION_GROUPS`, and `MAX_GROUPS` in
+    all (a cell starts at the last group start <= its index), so compile time stays
+    bounded. Cells without a layer
+    (model-wide sites, `layer` not swept) start at block 0; positions are skipped only
+    for per-layer sites with `pos` swept, and never past `last_start` (the first
+    position read; None: no skipping).
 
     Returns `(order, groups)`: `order` [cell] (numpy) lists the cells group by group;
-    `groups` is `((first_layer, n_cells), ...)` in that order.
+    `groups` is `((first_layer, first_pos, n_cells), ...)` in that order.
     """
     n_cells = len(next(iter(cells.values())))
-    if "layer" not in cells or not is_per_layer(site):
-        return np.arange(n_cells), ((0, n_cells),)
-    starts = np.unique(np.linspace(0, cfg.n_layers, MAX_LAYER_GROUPS + 1).astype(int)[:-1])
-    layer = np.asarray(cells["layer"])
-    first = starts[np.searchsorted(starts, layer, side="right") - 1]
-    order = np.argsort(first, kind="stable")
-    groups = tuple((int(s), int((first == s).sum())) for s in starts if (first == s).any())
+    first_layer = np.zeros(n_cells, np.int64)
+    first_pos = np.zeros(n_cells, np.int64)
+    if is_per_layer(site) and "layer" in cells:
+        first_layer = _group_starts(np.asarray(cells["layer"]), cfg.n_layers, MAX_LAYER_GROUPS)
+    if is_per_layer(site) and "pos" in cells and last_start is not None:
+        pos = np.asarray(cells["pos"])
+        n_groups = min(MAX_POSITION_GROUPS, MAX_GROUPS // len(np.unique(first_layer)))
+        first_pos = _group_starts(pos, int(pos.max()) + 1, max(1, n_groups))
+        first_pos = np.minimum(first_pos, last_start)
+    order = np.lexsort((first_pos, first_layer))
+    pairs = np.stack([first_layer[order], first_pos[order]], axis=1)
+    starts, counts = np.unique(pairs, axis=0, return_counts=True)
+    groups = tuple((int(l), int(p), int(n)) for (l, p), n in zip(starts, counts))
     return order, groups
 
 
