@@ -303,6 +303,8 @@ def _run_from(
     start = 0 if prefix is None else prefix[0].shape[2]
     if prefix is not None and capture:
         raise ValueError("a run from a key/value prefix computes later positions only: no capture")
+    if prefix is not None and readout is not None and min(readout) < start:
+        raise ValueError(f"readout positions {readout} precede the prefix's end, {start}")
     P = start + resid.shape[1]  # positions in the sequence
     held = None if prefix is None else tuple(range(start, P))  # the positions computed
 

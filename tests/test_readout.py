@@ -91,6 +91,8 @@ def test_runs_from_a_key_value_prefix_equal_full_runs(name):
             np.testing.assert_allclose(got, edited[:, start:], rtol=2e-5, atol=2e-5)
             got = _from_prefix(params, resid, cfg, first_layer, edits, (9, 7), prefix)
             np.testing.assert_allclose(got, edited[:, [9, 7]], rtol=2e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="precede"):  # a readout before the computed part
+        _run_from(params, resid, cfg, last, (), (), (0,), prefix)
 
 
 def _steer_vector(site: str, cfg, seed: int) -> np.ndarray:
