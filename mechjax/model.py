@@ -336,19 +336,14 @@ def _run_from(
             xs.update(prefix=tuple(kv[first_layer:] for kv in prefix))
         block_edits = tuple(narrowed(e, held) for e in layer_edits)
 
+        def run_block(resid, x, hooks, queries=None):  # x: one layer's slice of xs
+            window, prefix_kv = x["window"], x.get("prefix")
+            cos_sin = (x.get("cos"), x.get("sin"))
+            return _block(resid, x["lp"], *cos_sin, window, cfg, hooks, queries, prefix_kv)
+
         def body(resid, x):
             hooks = _SiteHooks(capture, block_edits, x["layer"])
-            resid = _block(
-                resid,
-                x["lp"],
-                x.get("cos"),
-                x.get("sin"),
-                x["window"],
-                cfg,
-                hooks,
-                prefix=x.get("prefix"),
-            )
-            return resid, hooks.captured
+            return run_block(resid, x, hooks), hooks.captured
 
         if n_scanned:
             scanned = jax.tree_util.tree_map(lambda a: a[:n_scanned], xs)
@@ -364,17 +359,7 @@ def _run_from(
                 ),
                 x["layer"],
             )
-            resid = _block(
-                resid,
-                x["lp"],
-                x.get("cos"),
-                x.get("sin"),
-                x["window"],
-                cfg,
-                hooks,
-                readout,
-                x.get("prefix"),
-            )
+            resid = run_block(resid, x, hooks, readout)
     resid = top("final_resid", resid)
     h = resid
     if cfg.normalization != "none" and cfg.final_norm:

@@ -55,6 +55,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..params import Params, check_params, param_shapes
+from .torch_arrays import dtype_name, to_numpy, to_torch, torch_dtype
 
 _ACT_TO_TL = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "solu": "solu_ln"}
 _ACT_FROM_TL = {
@@ -101,8 +102,6 @@ _BLOCK_TO_TL = {
 }
 _GROUPED = ("W_K", "W_V", "b_K", "b_V")  # stored as `_W_K` etc. by TL's grouped-query attention
 _BUFFERS = ("mask", "IGNORE")  # non-parameter entries of a HookedTransformer state dict
-
-_TORCH_DTYPES = ("float32", "bfloat16", "float16")
 
 
 # -- which models the two libraries share ------------------------------------------------------
@@ -185,44 +184,6 @@ def _identity_norm(name: str, shape, dtype) -> np.ndarray:
     return (np.ones if name.endswith("_w") else np.zeros)(shape, dtype)
 
 
-# -- torch <-> numpy (bfloat16 travels as raw 16-bit words, which numpy and torch share) ----
-
-
-def _to_torch(x):
-    import torch
-
-    arr = np.array(x)  # a copy: jax buffers are read-only
-    if arr.dtype == jnp.bfloat16:
-        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(arr)
-
-
-def _to_numpy(t) -> np.ndarray:
-    if not hasattr(t, "detach"):
-        return np.asarray(t)
-    import torch
-
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(jnp.bfloat16)
-    return t.numpy()
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
-
-
-def _dtype_name(torch_dtype) -> str:
-    name = str(torch_dtype).removeprefix("torch.")
-    if name not in _TORCH_DTYPES:
-        raise ValueError(
-            f"TransformerLens dtype {torch_dtype} is unsupported; use one of {_TORCH_DTYPES}"
-        )
-    return name
-
-
 # -- mechjax -> TransformerLens ------------------------------------------------------------------
 
 
@@ -251,7 +212,7 @@ def transformer_lens_config(cfg: ModelConfig):
         attn_scale=math.sqrt(cfg.query_pre_attn_scalar or cfg.d_head),
         attn_scores_soft_cap=cfg.attn_logit_softcap or -1.0,
         output_logits_soft_cap=cfg.final_logit_softcap or -1.0,
-        dtype=_torch_dtype(cfg.dtype),
+        dtype=torch_dtype(cfg.dtype),
     )
 
 
@@ -311,7 +272,7 @@ def to_transformer_lens(params: Params, cfg: ModelConfig):
                     f"{cfg.normalization!r}; use normalization='layernorm' to export it"
                 )
             continue
-        state_dict[key] = _to_torch(value)
+        state_dict[key] = to_torch(value)
     return state_dict, tl_cfg
 
 
@@ -389,7 +350,7 @@ def _config_from_tl(tl_cfg) -> ModelConfig:
         query_pre_attn_scalar=None if math.isclose(scalar, tl_cfg.d_head) else scalar,
         attn_logit_softcap=softcap(get("attn_scores_soft_cap")),
         final_logit_softcap=softcap(get("output_logits_soft_cap")),
-        dtype=_dtype_name(tl_cfg.dtype),
+        dtype=dtype_name(tl_cfg.dtype),
     )
 
 
@@ -475,7 +436,7 @@ def from_transformer_lens(state_dict: Mapping, cfg) -> tuple[Params, ModelConfig
     full: dict[str, Any] = {}
     per_layer: dict[str, list] = {}
     for name, layer, key, shape in entries:
-        value = _to_numpy(given[key]) if key else _identity_norm(name, shape, dtype)
+        value = to_numpy(given[key]) if key else _identity_norm(name, shape, dtype)
         value = value.astype(dtype)
         if layer is None:
             full[name] = value
