@@ -216,7 +216,21 @@ def _toy_mechjax(spec: dict) -> dict:
         _save(spec, "logits", np.asarray(logits))
         _save(spec, "pattern", np.asarray(stream["pattern"][-1, 0]))  # last layer, batch 0
         result.update(captured=len(stream.acts), captured_mib=tree_mib(stream.acts))
+        result.update(write_floor_s=_fresh_write_floor(stream, spec))
     return result
+
+
+def _fresh_write_floor(stream, spec: dict) -> float:
+    """Median seconds of a jitted call that only fills fresh arrays shaped like the
+    stream's (each buffer once: aliases such as head_writes = head_out share one): the
+    least any capture returning those arrays costs, before computing anything."""
+    import jax
+    import jax.numpy as jnp
+
+    buffers = {id(a): (a.shape, a.dtype) for a in stream.acts.values()}
+    fill = jax.jit(lambda x: [jnp.full(shape, x, dtype) for shape, dtype in buffers.values()])
+    call = jax_blocking(lambda: fill(1.0))
+    return time_calls(call, warmup=spec["warmup"], repeats=spec["repeats"]).median_s
 
 
 def _toy_transformer_lens(spec: dict) -> dict:
@@ -490,6 +504,12 @@ def main(argv=None) -> None:
             f"- mechjax capture overhead: capture='all' {captured * 1e3:.1f} ms vs plain forward "
             f"{plain * 1e3:.1f} ms = {overhead:+.0%} "
             f"(target < {CAPTURE_OVERHEAD_TARGET:.0%}: {met})"
+        )
+        floor = results[("capture", "mechjax")]["write_floor_s"]
+        print(
+            f"- floor: a jitted call that only fills fresh arrays of the captured shapes takes "
+            f"{floor * 1e3:.1f} ms = {floor / plain:.0%} of the plain forward (first-touch page "
+            "faults and memory bandwidth; any capture returning these arrays costs at least this)"
         )
     threads = {
         (r["torch_threads"], r["torch_interop"]) for r in results.values() if "torch_threads" in r

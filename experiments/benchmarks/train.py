@@ -218,13 +218,25 @@ def _save_params(spec: dict, params) -> None:
     np.savez(os.path.join(spec["tmpdir"], f"track_{spec['impl']}.npz"), *leaves)
 
 
+class _TimedBatches:
+    """A dataset whose `batch` is timed; everything else is the wrapped dataset's."""
+
+    def __init__(self, dataset, timed_batch):
+        self._dataset, self.batch = dataset, timed_batch
+
+    def __getattr__(self, name):
+        return getattr(self._dataset, name)
+
+
 def _track_on(spec: dict) -> dict:
+    import jax
+
     from mechjax.train import checkpointing, loop, train
 
     init_jax_runtime()
     mem = PeakMemory()
     cfg, dataset, train_cfg = _track_setup(spec)
-    spent = {"evaluate": [0, 0.0], "checkpoint": [0, 0.0]}
+    spent = {key: [0, 0.0] for key in ("evaluate", "checkpoint", "init", "step", "batch")}
 
     def timed(fn, key):
         def wrapper(*args, **kwargs):
@@ -239,6 +251,18 @@ def _track_on(spec: dict) -> dict:
 
     loop._evaluate = timed(loop._evaluate, "evaluate")
     checkpointing.save_checkpoint = timed(checkpointing.save_checkpoint, "checkpoint")
+    # what the bare loop also does, timed inside this run: the initial state, the compiled
+    # step (waited for) and the batch generation. The rest of the wall time is what tracking adds, measured
+    # in one process and so free of the host's drift between two processes.
+    make_step = loop.make_train_step
+
+    def make_timed_step(*args, **kwargs):
+        step = make_step(*args, **kwargs)
+        return timed(lambda *batch: jax.block_until_ready(step(*batch)), "step")
+
+    loop.make_train_step = make_timed_step
+    loop.init_states = timed(loop.init_states, "init")
+    dataset = _TimedBatches(dataset, timed(dataset.batch, "batch"))
     with tempfile.TemporaryDirectory(prefix="mechjax-bench-run-") as run_dir:
         start = time.perf_counter()
         result = train(cfg, train_cfg, dataset, run_dir, progress=False, finalize=False)
@@ -249,6 +273,7 @@ def _track_on(spec: dict) -> dict:
         "steps": train_cfg.steps,
         "evals": spent["evaluate"],
         "checkpoints": spent["checkpoint"],
+        "loop_s": spent["init"][1] + spent["step"][1] + spent["batch"][1],
         "peak_mib": mem.delta_mib(),
         "train_cfg": train_cfg.to_dict(),
     }
@@ -342,8 +367,13 @@ def _step_table(results: dict, sizes: dict) -> tuple[str, list[str]]:
 def _track_table(on: dict, off: dict) -> tuple[str, list[str]]:
     overhead = on["wall_s"] / off["wall_s"] - 1
     (n_eval, eval_s), (n_ckpt, ckpt_s) = on["evals"], on["checkpoints"]
-    other = on["wall_s"] - off["wall_s"] - eval_s - ckpt_s
-    met = ("met" if overhead <= TRACKING_TARGET else "NOT met") + f" (<= {TRACKING_TARGET:.0%})"
+    loop_s = on["loop_s"]
+    in_process = on["wall_s"] / loop_s - 1
+    other = on["wall_s"] - loop_s - eval_s - ckpt_s
+
+    def verdict(x):
+        return ("met" if x <= TRACKING_TARGET else "NOT met") + f" (<= {TRACKING_TARGET:.0%})"
+
     headers = ["run", "steps", "wall s", "evaluations (n, s)", "checkpoints (n, s)", "overhead"]
     rows = [
         ["bare step loop (tracking off)", off["steps"], fmt_s(off["wall_s"]), "—", "—", ""],
@@ -353,13 +383,25 @@ def _track_table(on: dict, off: dict) -> tuple[str, list[str]]:
             fmt_s(on["wall_s"]),
             f"{n_eval}, {eval_s:.2f}",
             f"{n_ckpt}, {ckpt_s:.2f}",
-            f"{overhead:+.1%} — target {met}",
+            f"{overhead:+.1%} vs the bare loop's process — target {verdict(overhead)}",
+        ],
+        [
+            "the same `train` run: its init, steps and batches alone",
+            on["steps"],
+            fmt_s(loop_s),
+            "",
+            "",
+            f"{in_process:+.1%} in one process — target {verdict(in_process)}",
         ],
     ]
     notes = [
-        f"tracking overhead split: evaluations {eval_s / off['wall_s']:+.1%}, checkpoints "
-        f"{ckpt_s / off['wall_s']:+.1%}, rest (run directory, eval inputs, logging) "
-        f"{other / off['wall_s']:+.1%} of the bare loop's wall time",
+        "two measures of the overhead: the wall time of `train` over a separate bare-loop "
+        "process (exposed to the host's drift between processes), and, inside the `train` "
+        "process, its wall time over the time spent in what the bare loop runs: `init_states`, "
+        "the compiled steps (each waited for) and the batch generation",
+        f"in-process split of the overhead: evaluations {eval_s / loop_s:+.1%}, checkpoints "
+        f"{ckpt_s / loop_s:+.1%}, rest (run directory, eval inputs, logging, loss checks) "
+        f"{other / loop_s:+.1%} of the step loop's time",
         "train() settings: "
         + ", ".join(f"{k}={v}" for k, v in on["train_cfg"].items() if k != "seeds"),
     ]
