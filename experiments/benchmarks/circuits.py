@@ -54,6 +54,7 @@ from common import (  # noqa: E402
     fmt_ms,
     fmt_ratio,
     fmt_s,
+    gemma2_two_layer,
     init_jax_runtime,
     init_torch_runtime,
     jax_blocking,
@@ -93,12 +94,6 @@ OP_NAMES = {
     "detect": "head detectors",
 }
 SPEED_TARGET = 5.0
-
-
-def gemma_config(sizes: dict):
-    import mechjax as mj
-
-    return mj.presets.gemma2_2b().replace(n_layers=2, layer_types=("local", "global"), **sizes)
 
 
 def gemma_weights(cfg, seed: int = 0) -> dict:
@@ -360,7 +355,7 @@ def main(argv=None) -> None:
     mode = "quick" if args.quick else "full"
     sizes = SIZES[mode]
     warmup = args.warmup or sizes["warmup"]
-    gemma_cfg = gemma_config(sizes["gemma"])
+    gemma_cfg = gemma2_two_layer(**sizes["gemma"])
     toy = sizes["toy"]
 
     print(f"# Circuit-analysis benchmark ({mode} sizes)\n")

@@ -73,6 +73,27 @@ def time_calls(fn: Callable[[], object], *, warmup: int, repeats: int) -> Timing
     return Timing(first, statistics.median(times), times)
 
 
+class TimeSpent:
+    """Calls and seconds spent in wrapped functions, per key: `spent[key] == [calls, s]`."""
+
+    def __init__(self, *keys: str):
+        self.spent = {key: [0, 0.0] for key in keys}
+
+    def wrap(self, fn: Callable, key: str) -> Callable:
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[key][0] += 1
+                self.spent[key][1] += time.perf_counter() - start
+
+        return wrapper
+
+    def seconds(self, *keys: str) -> float:
+        return sum(self.spent[key][1] for key in keys)
+
+
 def jax_blocking(fn: Callable[[], object]) -> Callable[[], object]:
     """`fn` wrapped to wait for every array it returns (JAX dispatches asynchronously)."""
     import jax
@@ -320,6 +341,14 @@ def toy_config(d_model: int, n_heads: int, n_ctx: int, d_vocab: int):
     return mj.presets.attn_only(
         2, d_model=d_model, n_heads=n_heads, n_ctx=n_ctx, d_vocab=d_vocab, use_bias=True
     )
+
+
+def gemma2_two_layer(**widths):
+    """`gemma2_2b` cut to 2 layers (one local, one global); `widths` override its sizes
+    (the `--quick` runs shrink them)."""
+    import mechjax as mj
+
+    return mj.presets.gemma2_2b().replace(n_layers=2, layer_types=("local", "global"), **widths)
 
 
 def numpy_params(cfg, seed: int = 0, noise: float = 0.1) -> dict:

@@ -16,8 +16,9 @@ step: training throughput of a 2-layer attention-only toy (d_model 128 and 256, 
 track: wall time of `mechjax.train.train` (default evaluation and checkpoint schedule,
     `finalize=False`: the one-off export/report at the end is left out) on the `repeated`
     synthetic dataset, against the same steps on the same batches with tracking off (a
-    bare loop of the same compiled step). Evaluation and checkpoint time are measured by
-    wrapping `loop._evaluate` and `checkpointing.save_checkpoint` in this process only.
+    bare loop of the same compiled step), and against the time the `train` process itself
+    spent in what that bare loop runs (immune to drift between processes). The workers
+    and the table are in train_tracking.py.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from common import (  # noqa: E402
     toy_config,
     worker_main,
 )
+from train_tracking import params_diff, track_off, track_on, track_table  # noqa: E402
 
 SIZES = {
     "full": dict(
@@ -81,7 +83,6 @@ N_BATCHES = 4  # distinct token batches, cycled through by both implementations
 N_COMPARED_LOSSES = 5
 HYPER = dict(lr=1e-3, b1=0.9, b2=0.98, weight_decay=0.01, grad_clip=1.0)
 SPEED_TARGET = 3.0  # mechjax >= 3x TransformerLens's training throughput
-TRACKING_TARGET = 0.10  # tracking adds <= 10% wall time
 
 
 def _toy(spec: dict, d_model: int):
@@ -194,119 +195,11 @@ def _step_transformer_lens(spec: dict) -> dict:
     }
 
 
-# -- tracking workers ---------------------------------------------------------------------------
-
-
-def _track_setup(spec: dict):
-    from mechjax.data import make_dataset
-    from mechjax.train import TrainConfig
-
-    cfg = _toy(spec, spec["d_model"])
-    dataset = make_dataset(
-        "repeated", n_ctx=spec["n_ctx"], vocab_size=spec["d_vocab"], **spec["dataset"]
-    )
-    train_cfg = TrainConfig(
-        steps=spec["track_steps"], batch_size=spec["batch"], lr=HYPER["lr"], b2=HYPER["b2"]
-    )
-    return cfg, dataset, train_cfg
-
-
-def _save_params(spec: dict, params) -> None:
-    import jax
-
-    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
-    np.savez(os.path.join(spec["tmpdir"], f"track_{spec['impl']}.npz"), *leaves)
-
-
-class _TimedBatches:
-    """A dataset whose `batch` is timed; everything else is the wrapped dataset's."""
-
-    def __init__(self, dataset, timed_batch):
-        self._dataset, self.batch = dataset, timed_batch
-
-    def __getattr__(self, name):
-        return getattr(self._dataset, name)
-
-
-def _track_on(spec: dict) -> dict:
-    import jax
-
-    from mechjax.train import checkpointing, loop, train
-
-    init_jax_runtime()
-    mem = PeakMemory()
-    cfg, dataset, train_cfg = _track_setup(spec)
-    spent = {key: [0, 0.0] for key in ("evaluate", "checkpoint", "init", "step", "batch")}
-
-    def timed(fn, key):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[key][0] += 1
-                spent[key][1] += time.perf_counter() - start
-
-        return wrapper
-
-    loop._evaluate = timed(loop._evaluate, "evaluate")
-    checkpointing.save_checkpoint = timed(checkpointing.save_checkpoint, "checkpoint")
-    # what the bare loop also does, timed inside this run: the initial state, the compiled
-    # step (waited for) and the batch generation. The rest of the wall time is what tracking adds, measured
-    # in one process and so free of the host's drift between two processes.
-    make_step = loop.make_train_step
-
-    def make_timed_step(*args, **kwargs):
-        step = make_step(*args, **kwargs)
-        return timed(lambda *batch: jax.block_until_ready(step(*batch)), "step")
-
-    loop.make_train_step = make_timed_step
-    loop.init_states = timed(loop.init_states, "init")
-    dataset = _TimedBatches(dataset, timed(dataset.batch, "batch"))
-    with tempfile.TemporaryDirectory(prefix="mechjax-bench-run-") as run_dir:
-        start = time.perf_counter()
-        result = train(cfg, train_cfg, dataset, run_dir, progress=False, finalize=False)
-        wall = time.perf_counter() - start
-        _save_params(spec, result.state.params)
-    return {
-        "wall_s": wall,
-        "steps": train_cfg.steps,
-        "evals": spent["evaluate"],
-        "checkpoints": spent["checkpoint"],
-        "loop_s": spent["init"][1] + spent["step"][1] + spent["batch"][1],
-        "peak_mib": mem.delta_mib(),
-        "train_cfg": train_cfg.to_dict(),
-    }
-
-
-def _track_off(spec: dict) -> dict:
-    """The loop of `train` without evaluations, checkpoints or the run directory."""
-    import jax.numpy as jnp
-
-    from mechjax.train import init_states, make_train_step
-
-    init_jax_runtime()
-    mem = PeakMemory()
-    cfg, dataset, train_cfg = _track_setup(spec)
-    start = time.perf_counter()
-    states = init_states(cfg, train_cfg)
-    step = make_train_step(cfg, train_cfg)
-    seeds = train_cfg.data_seeds()
-    for i in range(train_cfg.steps):
-        tokens = np.stack([dataset.batch(seed, i, train_cfg.batch_size) for seed in seeds])
-        states, losses = step(states, jnp.asarray(tokens))
-        if not np.all(np.isfinite(np.asarray(losses))):
-            raise RuntimeError(f"loss became {losses} at step {i + 1}")
-    wall = time.perf_counter() - start
-    _save_params(spec, states.params)
-    return {"wall_s": wall, "steps": train_cfg.steps, "peak_mib": mem.delta_mib()}
-
-
 WORKERS = {
     "step/mechjax": _step_mechjax,
     "step/transformer_lens": _step_transformer_lens,
-    "track/on": _track_on,
-    "track/off": _track_off,
+    "track/on": track_on,
+    "track/off": track_off,
 }
 
 
@@ -362,58 +255,6 @@ def _step_table(results: dict, sizes: dict) -> tuple[str, list[str]]:
             f"{[round(x, 5) for x in ours['losses'][:n]]}, max |mechjax - TL| = {diff:.1e}"
         )
     return markdown_table(headers, rows), notes
-
-
-def _track_table(on: dict, off: dict) -> tuple[str, list[str]]:
-    overhead = on["wall_s"] / off["wall_s"] - 1
-    (n_eval, eval_s), (n_ckpt, ckpt_s) = on["evals"], on["checkpoints"]
-    loop_s = on["loop_s"]
-    in_process = on["wall_s"] / loop_s - 1
-    other = on["wall_s"] - loop_s - eval_s - ckpt_s
-
-    def verdict(x):
-        return ("met" if x <= TRACKING_TARGET else "NOT met") + f" (<= {TRACKING_TARGET:.0%})"
-
-    headers = ["run", "steps", "wall s", "evaluations (n, s)", "checkpoints (n, s)", "overhead"]
-    rows = [
-        ["bare step loop (tracking off)", off["steps"], fmt_s(off["wall_s"]), "—", "—", ""],
-        [
-            "`mechjax.train.train` (default schedule, finalize=False)",
-            on["steps"],
-            fmt_s(on["wall_s"]),
-            f"{n_eval}, {eval_s:.2f}",
-            f"{n_ckpt}, {ckpt_s:.2f}",
-            f"{overhead:+.1%} vs the bare loop's process — target {verdict(overhead)}",
-        ],
-        [
-            "the same `train` run: its init, steps and batches alone",
-            on["steps"],
-            fmt_s(loop_s),
-            "",
-            "",
-            f"{in_process:+.1%} in one process — target {verdict(in_process)}",
-        ],
-    ]
-    notes = [
-        "two measures of the overhead: the wall time of `train` over a separate bare-loop "
-        "process (exposed to the host's drift between processes), and, inside the `train` "
-        "process, its wall time over the time spent in what the bare loop runs: `init_states`, "
-        "the compiled steps (each waited for) and the batch generation",
-        f"in-process split of the overhead: evaluations {eval_s / loop_s:+.1%}, checkpoints "
-        f"{ckpt_s / loop_s:+.1%}, rest (run directory, eval inputs, logging, loss checks) "
-        f"{other / loop_s:+.1%} of the step loop's time",
-        "train() settings: "
-        + ", ".join(f"{k}={v}" for k, v in on["train_cfg"].items() if k != "seeds"),
-    ]
-    return markdown_table(headers, rows), notes
-
-
-def _params_diff(tmpdir: str) -> float:
-    with (
-        np.load(os.path.join(tmpdir, "track_on.npz")) as a,
-        np.load(os.path.join(tmpdir, "track_off.npz")) as b,
-    ):
-        return max(float(np.max(np.abs(a[k] - b[k]))) for k in a.files)
 
 
 def main(argv=None) -> None:
@@ -476,10 +317,10 @@ def main(argv=None) -> None:
                 print(
                     f"running track/{impl} ({sizes['track_steps']} steps) ...", end=" ", flush=True
                 )
-                spec = dict(base, case="track", impl=impl, d_model=sizes["d_models"][0])
+                spec = dict(base, case="track", impl=impl, d_model=sizes["d_models"][0], **HYPER)
                 results[("track", impl)] = run_worker(script, spec)
                 print(f"{results[('track', impl)]['process_wall_s']:.1f} s (whole process)")
-            params_diff = _params_diff(tmpdir)
+            max_param_diff = params_diff(tmpdir)
 
     print()
     if "step" in rows:
@@ -501,12 +342,12 @@ def main(argv=None) -> None:
         print()
     if "track" in rows:
         print(f"## Tracking overhead (d_model {sizes['d_models'][0]}, `repeated` dataset)\n")
-        table, notes = _track_table(results[("track", "on")], results[("track", "off")])
+        table, notes = track_table(results[("track", "on")], results[("track", "off")])
         print(table + "\n")
         for note in notes:
             print(f"- {note}")
         print(
-            f"- final parameters, train() vs bare loop: max |Δ| = {params_diff:.1e} (0 means "
+            f"- final parameters, train() vs bare loop: max |Δ| = {max_param_diff:.1e} (0 means "
             "the bare loop ran exactly the same updates)"
         )
         print(

@@ -185,10 +185,9 @@ def start_groups(cells: dict[str, np.ndarray], site: str, cfg: ModelConfig, last
     `prefix`). Start layers are grouped into at most `MAX_LAYER_GROUPS` evenly spaced
     starts and start positions into at most `MAX_POSITION_GROUPS`, and `MAX_GROUPS` in
     all (a cell starts at the last group start <= its index), so compile time stays
-    bounded. Cells without a layer
-    (model-wide sites, `layer` not swept) start at block 0; positions are skipped only
-    for per-layer sites with `pos` swept, and never past `last_start` (the first
-    position read; None: no skipping).
+    bounded. Cells without a layer (model-wide sites, `layer` not swept) start at block
+    0; positions are skipped only for per-layer sites with `pos` swept, and never past
+    `last_start` (the first position read; None: no skipping).
 
     Returns `(order, groups)`: `order` [cell] (numpy) lists the cells group by group;
     `groups` is `((first_layer, first_pos, n_cells), ...)` in that order.
