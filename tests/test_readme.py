@@ -19,8 +19,8 @@ def test_readme_starts_with_the_two_commands():
     commands = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
     assert commands[0].strip() == "pip install -e . && mechjax train"
     assert (
-        commands[1].strip()
-        == 'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest -n auto'
+        commands[1].strip() == "pip install -c constraints.txt torch==2.13.0 && "
+        'pip install -c constraints.txt -e ".[test]" && python -m pytest -n auto'
     )
     ci = (README.parent / ".ci" / "run").read_text()
     assert commands[1].strip() in ci
