@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from mechjax.cli.train import build
-from mechjax.report import compare_runs
-from mechjax.runs import load_run
-from mechjax.train import train
+from mechjax.io.runs import load_run
+from mechjax.train import build_from_spec, train
+from mechjax.views.progress import ProgressBar
+from mechjax.views.run_report import build_report, compare_runs, write_summary
 from toy_models import load_preset
 
 HERE = Path(__file__).resolve().parent
@@ -56,12 +56,17 @@ def main(argv=None) -> int:
             spec["data"] = {"name": args.data, "n_ctx": spec["data"]["n_ctx"]}
         if args.fraction is not None:
             spec["data"]["fraction"] = args.fraction
-        model_cfg, train_cfg, dataset = build(spec)
+        model_cfg, train_cfg, dataset = build_from_spec(spec)
         run_dir = args.out / f"attn{n_layers}"
         resume = args.resume and run_dir.exists()
         print(f"== {n_layers}-layer model -> {run_dir} ({dataset.describe()})", flush=True)
         t0 = time.time()
-        train(model_cfg, train_cfg, dataset, run_dir, resume=resume, progress=sys.stderr.isatty())
+        with ProgressBar() as bar:
+            on_step = bar if sys.stderr.isatty() else None
+            result = train(model_cfg, train_cfg, dataset, run_dir, resume=resume, on_step=on_step)
+        if result.final_step == train_cfg.steps:
+            write_summary(run_dir)
+            build_report(run_dir)
         wall = time.time() - t0
         summary = json.loads((run_dir / "summary.json").read_text())
         run = load_run(run_dir)

@@ -5,7 +5,7 @@ residual stream evolves through the layers.
 The source ("Looking Inside Gemma", on Gemma 2 2B) builds 26 backbones that each lack
 one decoder layer and runs 1000 prompts `a+b=`, `a-b=`, `a*b=`, `a/b=` through each,
 scoring the greedy next token. Here a block is removed by zero-ablating its attention
-and MLP writes (`mechjax.ablation`, component "layer", method "zero"), which makes
+and MLP writes (`mechjax.causal.ablation`, component "layer", method "zero"), which makes
 `resid_post == resid_pre`: exactly the model without that block (checked below against
 a backbone assembled without it). Prompts are the 184 problems of
 `mechjax.data.arithmetic` (every single-digit problem with a single-digit answer).
@@ -36,17 +36,17 @@ import jax.numpy as jnp
 import numpy as np
 
 import mechjax as mj
-from mechjax.ablation import ablation_edits
-from mechjax.checkpoints import load_hf_gemma, load_model
+from mechjax.causal.ablation import ablation_edits
 from mechjax.data.arithmetic import (
     OPERATIONS,
     Arithmetic,
     accuracy_by_operation,
     all_problems,
-    predict,
 )
-from mechjax.lens import output_head
-from mechjax.model import _run_jit
+from mechjax.io import load_hf_gemma, load_model
+from mechjax.model.generate import greedy_next_tokens
+from mechjax.model.transformer import run
+from mechjax.model.unembed import output_head
 
 HERE = Path(__file__).resolve().parent
 PRESET = "gemma-arith"
@@ -60,22 +60,25 @@ OP_MARKERS = {"+": "o", "-": "s", "*": "^", "/": "D"}
 
 def train_toy(run_dir: Path, steps: int | None, seed: int):
     """Train the `gemma-arith` preset into `run_dir` (or reuse its finished model)."""
-    from mechjax.cli.train import build
-    from mechjax.train import train
+    from mechjax.train import build_from_spec, train
+    from mechjax.views.progress import ProgressBar
     from toy_models import load_preset
 
     spec = load_preset(PRESET)
     if steps:
         spec["train"]["steps"] = steps
     spec["train"]["seeds"] = [seed]
-    model_cfg, train_cfg, dataset = build(spec)
+    model_cfg, train_cfg, dataset = build_from_spec(spec)
     final = run_dir / "final_model"
     if final.is_dir():
         print(f"using the model already trained in {final}")
     else:
         print(f"training {PRESET} into {run_dir}: {dataset.describe()}", flush=True)
         t0 = time.time()
-        train(model_cfg, train_cfg, dataset, run_dir, progress=sys.stderr.isatty())
+        with ProgressBar() as bar:
+            train(
+                model_cfg, train_cfg, dataset, run_dir, on_step=bar if sys.stderr.isatty() else None
+            )
         print(f"trained {train_cfg.steps} steps in {time.time() - t0:.0f} s", flush=True)
     params, cfg = load_model(final)
     return params, cfg, dataset
@@ -129,11 +132,13 @@ def removal_study(params, cfg, tokens, answers, problems, batch_size: int = 64) 
 
     Returns {"baseline": {op: acc, "overall": acc}, "removed": [{...}] (one per layer),
     "correct": {"baseline": [n] bool, "L0": ..., ...}}."""
-    correct = {"baseline": predict(params, cfg, tokens, batch_size=batch_size) == answers}
+    correct = {
+        "baseline": greedy_next_tokens(params, tokens, cfg, batch_size=batch_size) == answers
+    }
     removed = []
     for layer in range(cfg.n_layers):
         edits = ablation_edits(cfg, "layer", layer, method="zero")
-        hit = predict(params, cfg, tokens, edits=edits, batch_size=batch_size) == answers
+        hit = greedy_next_tokens(params, tokens, cfg, edits=edits, batch_size=batch_size) == answers
         correct[f"L{layer}"] = hit
         removed.append(
             {
@@ -173,7 +178,7 @@ def answer_states(params, cfg, tokens, batch_size: int = 64) -> np.ndarray:
     names = ("final_resid", "resid_pre")
     parts = []
     for s in _chunks(len(tokens), batch_size):
-        _, acts = _run_jit(params, jnp.asarray(tokens[s]), cfg, names, ())
+        _, acts = run(params, jnp.asarray(tokens[s]), cfg, capture=names)
         states = jnp.concatenate([acts["resid_pre"][:, :, -1], acts["final_resid"][None, :, -1]])
         parts.append(np.asarray(states, np.float32))
     return np.concatenate(parts, axis=1)
@@ -417,7 +422,7 @@ def main(argv=None) -> int:
         "split": split,
         "n_prompts": len(problems),
         "problems": [p.prompt + str(p.answer) for p in problems],
-        "removal_method": "zero ablation of attn_out and mlp_out (mechjax.ablation, 'layer')",
+        "removal_method": "zero ablation of attn_out and mlp_out (mechjax.causal.ablation, 'layer')",
         "ablation_vs_backbone_max_abs_logit_diff": check,
         "baseline": study["baseline"],
         "removed": study["removed"],

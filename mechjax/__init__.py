@@ -5,57 +5,84 @@ cfg = mj.presets.attn_only(2)
 params = mj.init_params(jax.random.key(0), cfg)
 logits, stream = mj.run_with_stream(params, tokens, cfg)
 
-Analysis modules are attributes (`mj.heads`, `mj.circuits`, `mj.circuit_eigen`,
-`mj.patching`, `mj.lens`, `mj.attribution`, `mj.ablation`, `mj.tracing`,
-`mj.checkpoints`); training and data are imported explicitly (`mechjax.train`, `mechjax.data`).
+One package per kind of evidence, data flowing down this list (docs/ARCHITECTURE.md):
+`model` (the functional transformer), `io` (models and runs in and out), `data`,
+`circuits` (read off the weights), `activations` (read off one run), `causal` (read off
+edited runs), `dynamics` (how it changes over training), `train`, `views`, `cli`.
+
+The names users call most are attributes here: `mj.forward`, `mj.run_with_stream`,
+`mj.init_params`, `mj.presets`, `mj.edits`, `mj.sites`, `mj.heads`, `mj.lens`,
+`mj.attribution`, `mj.circuits`, `mj.circuit_eigen`, `mj.factored`, `mj.patching` (the
+`causal` package), `mj.ablation`, `mj.tracing`, `mj.checkpoints` (the `io` package).
+Training, dynamics, data and views are imported explicitly (`mechjax.train`, ...).
 """
 
-from . import (
-    ablation,
-    attribution,
-    checkpoints,
-    circuit_eigen,
-    circuits,
+from . import activations, causal, circuits, io, model
+from .activations import attribution, heads, lens
+from .causal import ablation, tracing
+from .circuits import eigen as circuit_eigen
+from .circuits import factored
+from .model import (
+    Edit,
+    ModelConfig,
+    Stream,
+    check_params,
+    check_tokens,
+    config,
+    count_params,
     edits,
-    factored,
-    heads,
-    lens,
-    patching,
+    forward,
+    init_params,
+    layers,
+    logit_attribution,
+    losses,
+    param_shapes,
+    params,
     presets,
+    run_with_stream,
     sites,
-    tracing,
+    stream,
+    unembedding,
 )
-from .config import ModelConfig
-from .edits import Edit
-from .model import check_tokens, forward, run_with_stream
-from .params import check_params, count_params, init_params, param_shapes, unembedding
-from .stream import Stream, logit_attribution
+from .version import __version__ as __version__
+
+patching = causal  # the name users know for activation / path / attribution patching
+checkpoints = io  # the name users know for loading and saving models
+
 
 __all__ = [
     "Edit",
+    "ModelConfig",
+    "Stream",
     "ablation",
+    "activations",
     "attribution",
+    "causal",
+    "check_params",
+    "check_tokens",
     "checkpoints",
     "circuit_eigen",
     "circuits",
-    "factored",
-    "heads",
-    "lens",
-    "patching",
-    "tracing",
-    "ModelConfig",
-    "Stream",
-    "check_params",
-    "check_tokens",
+    "config",
     "count_params",
     "edits",
+    "factored",
     "forward",
+    "heads",
     "init_params",
+    "io",
+    "layers",
+    "lens",
+    "losses",
     "logit_attribution",
+    "model",
     "param_shapes",
+    "params",
+    "patching",
     "presets",
     "run_with_stream",
     "sites",
+    "stream",
+    "tracing",
     "unembedding",
 ]
-__version__ = "0.1.0"

@@ -9,7 +9,7 @@ import pytest
 from conftest import SMALL_CONFIGS, random_model, random_tokens
 
 import mechjax as mj
-from mechjax.ablation import ablation_edits, ablation_effect, ablation_sweep
+from mechjax.causal.ablation import ablation_edits, ablation_effect, ablation_sweep
 
 MLP2 = SMALL_CONFIGS["mlp_gelu"]
 ATTN2 = SMALL_CONFIGS["attn2_ln_bias"]

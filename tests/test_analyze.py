@@ -1,4 +1,4 @@
-"""`mechjax analyze` and `mechjax.analysis_report`: every kind of input, the files it
+"""`mechjax analyze` and `mechjax.views.analysis_report`: every kind of input, the files it
 writes, what the page reports, and refusing to replace files mechjax did not write."""
 
 from __future__ import annotations
@@ -11,10 +11,16 @@ import pytest
 from conftest import random_model
 
 import mechjax as mj
-from mechjax.analysis_report import FIGURES, HTML_FILE, JSON_FILE, analyze_model, planned_files
-from mechjax.checkpoints import save_hf_gemma, save_model
 from mechjax.cli import main as cli_main
 from mechjax.cli.analyze import load_any
+from mechjax.io import save_hf_gemma, save_model
+from mechjax.views.analysis_report import (
+    FIGURES,
+    HTML_FILE,
+    JSON_FILE,
+    analyze_model,
+    planned_files,
+)
 
 ATTN2 = mj.presets.attn_only(2, d_model=16, n_heads=2, d_vocab=20, n_ctx=15)
 ATTN1 = mj.presets.attn_only(1, d_model=16, n_heads=2, d_vocab=20, n_ctx=15)
@@ -196,10 +202,10 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
 
 def test_figures_check_their_inputs_and_mask_impossible_pairs(tmp_path):
-    from mechjax import circuit_plots as cp
+    from mechjax.views import circuits as cp
 
     scores = np.random.default_rng(0).random((3, 2, 3, 2))
-    block = cp._composition_block(scores)  # rows: heads of layers 0-1, cols: layers 1-2
+    block = cp.composition_block(scores)  # rows: heads of layers 0-1, cols: layers 1-2
     assert block.shape == (4, 4)
     np.testing.assert_array_equal(block[:2], scores[0, :, 1:].reshape(2, 4))  # layer 0 -> 1, 2
     np.testing.assert_array_equal(block[2:, 2:], scores[1, :, 2])  # layer 1 -> 2

@@ -16,9 +16,10 @@ import pytest
 from conftest import SMALL_CONFIGS, random_model, random_tokens
 
 import mechjax as mj
-from mechjax.ablation import ablation_edits
+from mechjax.causal.ablation import ablation_edits
 from mechjax.data import Arithmetic, ByteTokenizer, make_dataset
-from mechjax.data.arithmetic import OPERATIONS, accuracy_by_operation, all_problems, predict
+from mechjax.data.arithmetic import OPERATIONS, accuracy_by_operation, all_problems
+from mechjax.model.generate import greedy_next_tokens
 
 TOK = ByteTokenizer()
 
@@ -191,6 +192,8 @@ def test_accuracy_on_a_model_matches_its_argmax():
     for op in OPERATIONS:
         assert acc[op] == pytest.approx(np.mean(predicted[ops == op] == answers[ops == op]))
     assert acc["overall"] == pytest.approx(np.mean(predicted == answers))
-    np.testing.assert_array_equal(predict(params, cfg, tokens, batch_size=100), predicted)
+    np.testing.assert_array_equal(
+        greedy_next_tokens(params, tokens, cfg, batch_size=100), predicted
+    )
     with pytest.raises(ValueError, match="d_vocab"):
         ds.accuracy(random_model(GEMMA2), GEMMA2)

@@ -13,15 +13,14 @@ import pytest
 from conftest import SMALL_CONFIGS, random_model, random_tokens
 
 import mechjax as mj
-from mechjax.attribution import (
+from mechjax.activations.attribution import (
     attention_rollout,
     dla,
     head_dla,
-    integrated_gradients,
     mlp_dla,
     position_dla,
-    quadrature,
 )
+from mechjax.causal.integrated_gradients import integrated_gradients, quadrature
 
 ANSWERS = (3, 5)
 

@@ -13,7 +13,8 @@ from conftest import SMALL_CONFIGS, random_model, random_tokens, randomize
 from scipy.optimize import linear_sum_assignment
 
 import mechjax as mj
-from mechjax import circuit_eigen, circuits
+from mechjax.circuits import eigen as circuit_eigen
+from mechjax.circuits import weights as circuits
 
 # -- numpy float64 references ---------------------------------------------------------------------
 
@@ -254,7 +255,7 @@ def test_fold_norms_matches_transformer_lens(name):
     pytest.importorskip("transformer_lens")
     from transformer_lens import HookedTransformer
 
-    from mechjax.checkpoints.transformer_lens import to_transformer_lens
+    from mechjax.io.transformer_lens import to_transformer_lens
 
     cfg = SMALL_CONFIGS[name]
     params = random_model(cfg, seed=7)
@@ -310,7 +311,7 @@ def test_fold_norms_untie_and_create_biases():
 @pytest.fixture(scope="module", params=["mha", "gqa"])
 def tl_pair(request):
     pytest.importorskip("transformer_lens")
-    from mechjax.checkpoints.transformer_lens import to_hooked_transformer
+    from mechjax.io.transformer_lens import to_hooked_transformer
 
     kv = 2 if request.param == "gqa" else None
     cfg = mj.presets.attn_only(3, d_model=32, n_heads=4, d_vocab=41, n_ctx=16, n_kv_heads=kv)

@@ -17,7 +17,7 @@ from conftest import SMALL_CONFIGS, model_configs, random_model, random_tokens
 from hypothesis import strategies as st
 
 import mechjax as mj
-from mechjax import edits as E
+from mechjax.model import edits as E
 
 B, P = 2, 8
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
-from mechjax.factored import FactoredMatrix
+from mechjax.circuits.factored import FactoredMatrix
 
 SETTINGS = settings(max_examples=20, deadline=None)
 

@@ -15,7 +15,8 @@ from conftest import SMALL_CONFIGS, random_model
 from scipy.optimize import linear_sum_assignment
 
 import mechjax as mj
-from mechjax import circuit_eigen, circuits
+from mechjax.circuits import eigen as circuit_eigen
+from mechjax.circuits import weights as circuits
 
 CASES = {
     # tied, scaled by sqrt(d_model), GQA (2 kv heads for 4 heads), 3 layers
@@ -139,14 +140,14 @@ def test_eigenvalues_equal_factored_route():
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 @pytest.mark.parametrize("vocab", [37, 48, 5])  # remainder chunk; whole chunks only; one short
 def test_gram_chunks_and_halves_match_numpy(tied, vocab):
-    """`_gram` with a small chunk (the vocabulary loop and its remainder) and a small split
+    """`vocab_gram` with a small chunk (the vocabulary loop and its remainder) and a small split
     (the symmetric halving down several levels) against numpy float64."""
     rng = np.random.default_rng(vocab)
     d_model = 23  # odd: unequal halves
     W_E = rng.standard_normal((vocab, d_model)).astype(np.float32)
     W_U = None if tied else rng.standard_normal((d_model, vocab)).astype(np.float32)
     want = (W_E.T if tied else W_U).astype(np.float64) @ W_E.astype(np.float64)
-    got = circuit_eigen._gram(
+    got = circuit_eigen.vocab_gram(
         jnp.asarray(W_E), None if tied else jnp.asarray(W_U), chunk=8, split=4
     )
     assert got.shape == (d_model, d_model) and got.dtype == jnp.float32
@@ -155,7 +156,7 @@ def test_gram_chunks_and_halves_match_numpy(tied, vocab):
         np.testing.assert_array_equal(got, np.asarray(got).T)
     # the layout tiles the upper triangle exactly once
     cover = np.zeros((d_model, d_model), int)
-    for r0, r1, c0, c1 in circuit_eigen._upper_gram_layout(0, d_model, 4):
+    for r0, r1, c0, c1 in circuit_eigen.upper_gram_layout(0, d_model, 4):
         cover[r0:r1, c0:c1] += 1
     np.testing.assert_array_equal(np.triu(cover), np.triu(np.ones_like(cover)))
 
@@ -201,8 +202,10 @@ def test_mismatched_params_raise():
 
 
 def test_moved_names_still_importable_from_circuits():
-    """The eigenvalue functions moved to `mechjax.circuit_eigen`; user code that reaches
-    them through `mechjax.circuits` gets the very same functions."""
+    """The eigenvalue functions live in `mechjax.circuits.eigen`; user code that reaches
+    them through `mj.circuits` or `mj.circuit_eigen` gets the very same functions."""
+    import mechjax as mj
+
     for name in (
         "full_ov_eigenvalues",
         "full_qk_eigenvalues",
@@ -210,4 +213,4 @@ def test_moved_names_still_importable_from_circuits():
         "qk_copying_scores",
         "copying_score_eigen",
     ):
-        assert getattr(circuits, name) is getattr(circuit_eigen, name), name
+        assert getattr(mj.circuits, name) is getattr(mj.circuit_eigen, name), name

@@ -10,7 +10,7 @@ import pytest
 from conftest import SMALL_CONFIGS, random_model, random_tokens, randomize
 
 import mechjax as mj
-from mechjax import heads
+from mechjax.activations import heads
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -315,7 +315,7 @@ def test_copying_score_closed_forms():
 @pytest.fixture(scope="module")
 def tl_setup():
     pytest.importorskip("transformer_lens")
-    from mechjax.checkpoints.transformer_lens import to_hooked_transformer
+    from mechjax.io.transformer_lens import to_hooked_transformer
 
     cfg = mj.presets.attn_only(2, d_model=32, n_heads=4, d_vocab=50, n_ctx=40, use_bias=True)
     params = randomize(mj.init_params(jax.random.key(0), cfg), 1)

@@ -20,8 +20,8 @@ import pytest
 from conftest import SMALL_CONFIGS, random_tokens
 
 import mechjax as mj
-from mechjax.checkpoints.hf import hf_gemma_config, load_hf_gemma, save_hf_gemma
-from mechjax.checkpoints.safetensors_io import (
+from mechjax.io.hf import hf_gemma_config, load_hf_gemma, save_hf_gemma
+from mechjax.io.safetensors_io import (
     SafetensorsFile,
     load_safetensors,
     read_header,

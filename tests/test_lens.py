@@ -13,7 +13,7 @@ import pytest
 from conftest import SMALL_CONFIGS, random_model, random_tokens
 
 import mechjax as mj
-from mechjax.lens import (
+from mechjax.activations.lens import (
     TunedLens,
     apply_tuned_lens,
     load_tuned_lens,

@@ -12,7 +12,7 @@ import pytest
 from conftest import SMALL_CONFIGS, random_model
 
 import mechjax as mj
-from mechjax.checkpoints.orbax_io import load_model, save_model
+from mechjax.io.orbax_io import load_model, save_model
 
 
 def _bitwise_equal(a, b) -> bool:

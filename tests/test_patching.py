@@ -14,7 +14,7 @@ import pytest
 from conftest import SMALL_CONFIGS, random_model, random_tokens
 
 import mechjax as mj
-from mechjax.patching import (
+from mechjax.causal import (
     activation_patching,
     attribution_patching,
     compare_with_exact,
@@ -114,22 +114,22 @@ def test_sweep_equals_single_edits_run_one_by_one(name, site, over, mode):
 
 def test_which_sweeps_run_as_residual_shifts():
     """The cases above that should take the shortcut do; the others must not."""
-    from mechjax.patching.activation import _shifts_residual
+    from mechjax.causal.activation_patching import shifts_residual
 
-    assert _shifts_residual("head_out", ("head", "layer"), ATTN2)
-    assert _shifts_residual("attn_out", ("layer", "pos"), SMALL_CONFIGS["attn1_nonorm"])
-    assert _shifts_residual("z", ("layer", "head"), GQA3)
-    assert not _shifts_residual("z", ("head",), ATTN2)  # every layer at once
-    assert not _shifts_residual("z", ("layer", "head"), MLP2)  # the MLP reads the change
-    assert not _shifts_residual("z", ("layer",), SMALL_CONFIGS["gemma2_gqa"])  # post-norm
-    assert not _shifts_residual("q", ("layer",), ATTN2)
+    assert shifts_residual("head_out", ("head", "layer"), ATTN2)
+    assert shifts_residual("attn_out", ("layer", "pos"), SMALL_CONFIGS["attn1_nonorm"])
+    assert shifts_residual("z", ("layer", "head"), GQA3)
+    assert not shifts_residual("z", ("head",), ATTN2)  # every layer at once
+    assert not shifts_residual("z", ("layer", "head"), MLP2)  # the MLP reads the change
+    assert not shifts_residual("z", ("layer",), SMALL_CONFIGS["gemma2_gqa"])  # post-norm
+    assert not shifts_residual("q", ("layer",), ATTN2)
 
 
 def test_start_groups_split_layers_and_positions():
-    from mechjax.patching import grid
+    from mechjax.causal import sweep
 
-    cells = grid.grid((2, 8), ("layer", "pos"))
-    order, groups = grid.start_groups(cells, "resid_pre", ATTN2, last_start=5)
+    cells = sweep.grid((2, 8), ("layer", "pos"))
+    order, groups = sweep.start_groups(cells, "resid_pre", ATTN2, last_start=5)
     # positions start at 0, 2, 4 and 5 (6 is capped at the first position read, 5)
     assert groups == tuple((l, p, 2) for l in (0, 1) for p in (0, 2, 4, 5))
     layers, pos = cells["layer"][order], cells["pos"][order]
@@ -137,9 +137,9 @@ def test_start_groups_split_layers_and_positions():
     assert all(pos[i] >= p and layers[i] == l for i, (l, p) in enumerate(firsts))
     assert sorted(order.tolist()) == list(range(16))
     # without a readout every cell starts at position 0; model-wide sites at block 0
-    assert grid.start_groups(cells, "resid_pre", ATTN2)[1] == ((0, 0, 8), (1, 0, 8))
-    embed_cells = grid.grid((8,), ("pos",))
-    assert grid.start_groups(embed_cells, "embed", ATTN2, last_start=7)[1] == ((0, 0, 8),)
+    assert sweep.start_groups(cells, "resid_pre", ATTN2)[1] == ((0, 0, 8), (1, 0, 8))
+    embed_cells = sweep.grid((8,), ("pos",))
+    assert sweep.start_groups(embed_cells, "embed", ATTN2, last_start=7)[1] == ((0, 0, 8),)
 
 
 def test_deep_sweep_with_grouped_start_layers_equals_single_edits():
@@ -162,7 +162,7 @@ def test_deep_sweep_with_grouped_start_layers_equals_single_edits():
 def test_matches_transformer_lens_patching():
     torch = pytest.importorskip("torch")
     tl_patching = pytest.importorskip("transformer_lens.patching")
-    from mechjax.checkpoints.transformer_lens import to_hooked_transformer
+    from mechjax.io.transformer_lens import to_hooked_transformer
 
     for cfg in (MLP2,):
         params = random_model(cfg)
@@ -316,9 +316,9 @@ def test_attribution_patching_is_exact_where_the_metric_is_linear(mode):
 
 
 def test_attribution_patching_default_sites_and_correlation():
-    from mechjax.patching.attribution_patching import _check_sites
+    from mechjax.causal.attribution_patching import check_sites
 
-    assert _check_sites(None, MLP2, 5) == (
+    assert check_sites(None, MLP2, 5) == (
         ("resid_pre", ("layer", "pos")),
         ("attn_out", ("layer", "pos")),
         ("head_out", ("layer", "head")),
@@ -372,11 +372,11 @@ def test_bad_input_raises_before_compiling():
 
 
 def test_chunk_size_auto_and_bad_values():
-    from mechjax.patching import grid
+    from mechjax.causal import sweep
 
-    assert grid.check_chunk_size("auto", 512) == grid.AUTO_CHUNK_TOKENS // 512
-    assert grid.check_chunk_size("auto", 10**6) == 1  # never zero cells per chunk
-    assert grid.check_chunk_size(None, 512) is None and grid.check_chunk_size(3, 512) == 3
+    assert sweep.check_chunk_size("auto", 512) == sweep.AUTO_CHUNK_TOKENS // 512
+    assert sweep.check_chunk_size("auto", 10**6) == 1  # never zero cells per chunk
+    assert sweep.check_chunk_size(None, 512) is None and sweep.check_chunk_size(3, 512) == 3
     for bad in (0, -1, 2.5, True, "big"):
         with pytest.raises(ValueError, match="chunk_size"):
-            grid.check_chunk_size(bad, 512)
+            sweep.check_chunk_size(bad, 512)

@@ -1,4 +1,4 @@
-"""Path decomposition of 1-/2-layer attention-only models (mechjax.paths).
+"""Path decomposition of 1-/2-layer attention-only models (mechjax.circuits.paths).
 
 References: the model's own logits (the terms must sum to them exactly, norms included),
 and a float64 numpy forward pass written here from the definitions, whose patterns and
@@ -13,7 +13,7 @@ import pytest
 from conftest import random_model, random_tokens
 
 import mechjax as mj
-from mechjax.paths import k_composition_qk_circuit, path_decomposition
+from mechjax.circuits.paths import k_composition_qk_circuit, path_decomposition
 
 
 def _cfg(n_layers=2, **kw):

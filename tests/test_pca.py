@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mechjax.pca import per_token_loss_pca
+from mechjax.dynamics.pca import per_token_loss_pca
 
 
 def fake_runs(seed: int = 0, sizes=(7, 5, 9), n: int = 40) -> list[np.ndarray]:

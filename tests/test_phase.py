@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mechjax.phase import (
+from mechjax.dynamics.phase import (
     DEFAULTS,
     detect_phase_change,
     noise_level,

@@ -1,4 +1,4 @@
-"""Readout runs (`model._run_from(..., readout=positions)`): logits at a few positions,
+"""Readout runs (`model.transformer.run_from(..., readout=positions)`): logits at a few positions,
 with the last block computing only those positions, must equal the full forward pass's
 logits there, for every architecture, start layer and the edits such runs allow."""
 
@@ -12,20 +12,20 @@ import pytest
 from conftest import SMALL_CONFIGS, random_model, random_tokens
 
 import mechjax as mj
-from mechjax.model import _run, _run_from
-from mechjax.sites import SITES, available_sites
+from mechjax.model.sites import SITES, available_sites
+from mechjax.model.transformer import run, run_from
 
 READOUTS = [(9,), (0, 9, 4)]  # one position; several, unordered, including the first
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _full(params, tokens, cfg, capture, edits):
-    return _run(params, tokens, cfg, capture, edits)
+    return run(params, tokens, cfg, capture=capture, edits=edits)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 5))
 def _from(params, resid, cfg, first_layer, edits, readout):
-    return _run_from(params, resid, cfg, first_layer, (), edits, readout)[0]
+    return run_from(params, resid, cfg, layer=first_layer, edits=edits, readout=readout)[0]
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_CONFIGS))
@@ -34,7 +34,7 @@ def test_readout_equals_full_logits_at_those_positions(name):
     params = random_model(cfg, seed=3)
     tokens = np.asarray(random_tokens(cfg, batch=2, n_pos=10, seed=1), np.int32)
     capture = ("resid_pre",) if cfg.n_layers else ()
-    logits, acts = _run(params, tokens, cfg, capture + ("final_resid",), ())
+    logits, acts = run(params, tokens, cfg, capture=capture + ("final_resid",))
     for first_layer in sorted({0, max(cfg.n_layers - 1, 0), cfg.n_layers}):
         resid = (
             acts["resid_pre"][first_layer] if first_layer < cfg.n_layers else acts["final_resid"]
@@ -53,8 +53,7 @@ def test_readout_runs_capture_whole_per_layer_sites():
     tokens = np.asarray(random_tokens(cfg, batch=2, n_pos=10, seed=3), np.int32)
     capture = ("z", "resid_post", "mlp_out", "final_resid", "ln_final_scale")
     logits, acts = _full(params, tokens, cfg, capture, ())
-    read = jax.jit(_run, static_argnums=(2, 3, 4, 5))
-    got_logits, got = read(params, tokens, cfg, capture, (), (9, 4))
+    got_logits, got = run(params, tokens, cfg, capture=capture, readout=(9, 4))
     np.testing.assert_allclose(got_logits, logits[:, [9, 4]], rtol=2e-5, atol=2e-5)
     for name in capture:
         assert got[name].shape == acts[name].shape
@@ -63,7 +62,9 @@ def test_readout_runs_capture_whole_per_layer_sites():
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 5))
 def _from_prefix(params, resid, cfg, first_layer, edits, readout, prefix):
-    return _run_from(params, resid, cfg, first_layer, (), edits, readout, prefix)[0]
+    return run_from(
+        params, resid, cfg, layer=first_layer, edits=edits, readout=readout, prefix=prefix
+    )[0]
 
 
 @pytest.mark.parametrize("name", sorted(n for n, c in SMALL_CONFIGS.items() if c.n_layers))
@@ -92,7 +93,7 @@ def test_runs_from_a_key_value_prefix_equal_full_runs(name):
             got = _from_prefix(params, resid, cfg, first_layer, edits, (9, 7), prefix)
             np.testing.assert_allclose(got, edited[:, [9, 7]], rtol=2e-5, atol=2e-5)
     with pytest.raises(ValueError, match="precede"):  # a readout before the computed part
-        _run_from(params, resid, cfg, last, (), (), (0,), prefix)
+        run_from(params, resid, cfg, layer=last, readout=(0,), prefix=prefix)
 
 
 def _steer_vector(site: str, cfg, seed: int) -> np.ndarray:

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from mechjax.cli import main as cli_main
-from mechjax.pca import per_token_loss_pca
-from mechjax.report import build_report, compare_runs, write_summary
-from mechjax.runs import find_runs, load_run
+from mechjax.dynamics.pca import per_token_loss_pca
+from mechjax.io.runs import find_runs, load_run
+from mechjax.views.run_report import build_report, compare_runs, write_summary
 
 S0 = 1500.0  # steepest point of the fake phase change
 N_CTX = 64
@@ -405,7 +405,7 @@ def test_imports_stay_light():
     `import mechjax` must not load matplotlib."""
     code = (
         "import sys, mechjax; assert 'matplotlib' not in sys.modules; "
-        "import mechjax.report, mechjax.cli.report, mechjax.cli.compare; "
+        "import mechjax.views.run_report, mechjax.cli.report, mechjax.cli.compare; "
         "bad = {'torch', 'transformers', 'transformer_lens'} & set(sys.modules); "
         "assert not bad, bad"
     )

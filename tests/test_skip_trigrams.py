@@ -1,4 +1,4 @@
-"""Skip-trigrams from the QK/OV circuits (mechjax.skip_trigrams), against dense float64
+"""Skip-trigrams from the QK/OV circuits (mechjax.circuits.skip_trigrams), against dense float64
 circuits built here in numpy and against a model with a planted skip-trigram."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 from conftest import random_model
 
 import mechjax as mj
+from mechjax.circuits.factored import FactoredMatrix
+from mechjax.circuits.skip_trigrams import format_skip_trigrams, skip_trigrams, top_entries
 from mechjax.data import ByteTokenizer
-from mechjax.factored import FactoredMatrix
-from mechjax.skip_trigrams import format_skip_trigrams, skip_trigrams, top_entries
 
 
 def _np(params):

@@ -10,7 +10,7 @@ import pytest
 from conftest import random_model, random_tokens
 
 import mechjax as mj
-from mechjax.tracing import causal_trace, embedding_std, window_layers
+from mechjax.causal.tracing import causal_trace, embedding_std, window_layers
 
 CFG = mj.ModelConfig(d_vocab=37, d_model=24, n_layers=3, n_heads=4, d_head=6, n_ctx=16, d_mlp=32,
                      use_attn_bias=True, use_mlp_bias=True)  # fmt: skip

@@ -16,13 +16,9 @@ import pytest
 import mechjax as mj
 from mechjax.cli import main as cli_main
 from mechjax.data import make_dataset
-from mechjax.train import (
-    TrainConfig,
-    TrainingDiverged,
-    list_checkpoints,
-    load_checkpoint,
-    train,
-)
+from mechjax.io.run_checkpoints import latest_checkpoint, load_checkpoint_params
+from mechjax.train import TrainConfig, TrainingDiverged, list_checkpoints, load_checkpoint, train
+from mechjax.views.run_report import build_report, write_summary
 
 # short segments: many repeats per context, so induction pays off early (phase change
 # around step 600-800 with this recipe)
@@ -68,7 +64,10 @@ def test_two_layer_run_forms_an_induction_head_and_the_phase_change_is_detected(
         n_log_checkpoints=3,
         checkpoint_every=0,
     )
-    result = train(_toy(2), cfg, synthetic, tmp_path / "run", progress=False)
+    result = train(_toy(2), cfg, synthetic, tmp_path / "run")
+    assert not (tmp_path / "run" / "report.html").exists()  # training writes no pages
+    write_summary(tmp_path / "run")
+    build_report(tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     best = summary["best_induction_head"]
     assert best["score"] > 0.4, summary
@@ -93,20 +92,18 @@ def test_one_layer_run_finds_no_phase_change(tmp_path, synthetic):
         n_log_checkpoints=2,
         checkpoint_every=0,
     )
-    train(_toy(1), cfg, synthetic, tmp_path / "run", progress=False)
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    train(_toy(1), cfg, synthetic, tmp_path / "run")
+    summary = write_summary(tmp_path / "run")
     assert summary["phase_change"] is None
     assert summary["best_induction_head"]["score"] < 0.3
 
 
 def test_resume_after_interruption_is_bit_identical(tmp_path, synthetic):
     model_cfg, cfg = _toy(2), _quick()
-    full = train(model_cfg, cfg, synthetic, tmp_path / "full", progress=False, finalize=False)
-    part = train(model_cfg, cfg, synthetic, tmp_path / "resumed", progress=False, stop_after=13)
+    full = train(model_cfg, cfg, synthetic, tmp_path / "full", finalize=False)
+    part = train(model_cfg, cfg, synthetic, tmp_path / "resumed", stop_after=13)
     assert part.final_step == 13 and 13 in list_checkpoints(tmp_path / "resumed" / "checkpoints")
-    resumed = train(
-        model_cfg, cfg, synthetic, tmp_path / "resumed", resume=True, progress=False, finalize=False
-    )
+    resumed = train(model_cfg, cfg, synthetic, tmp_path / "resumed", resume=True, finalize=False)
     for a, b in zip(
         jax.tree_util.tree_leaves(full.state), jax.tree_util.tree_leaves(resumed.state)
     ):
@@ -127,7 +124,6 @@ def test_seeds_trained_together_equal_seeds_trained_one_by_one(tmp_path, synthet
         _quick(seeds=(3, 7)),
         synthetic,
         tmp_path / "both",
-        progress=False,
         finalize=False,
     )
     for i, seed in enumerate((3, 7)):
@@ -136,7 +132,6 @@ def test_seeds_trained_together_equal_seeds_trained_one_by_one(tmp_path, synthet
             _quick(seeds=(seed,)),
             synthetic,
             tmp_path / f"s{seed}",
-            progress=False,
             finalize=False,
         )
         for a, b in zip(
@@ -154,6 +149,33 @@ def test_seeds_trained_together_equal_seeds_trained_one_by_one(tmp_path, synthet
     # different seeds really are different models
     w = np.asarray(together.state.params["W_E"])
     assert not np.allclose(w[0], w[1])
+    # the run format alone reads one model's parameters back, without the training code
+    latest = latest_checkpoint(tmp_path / "both" / "checkpoints")
+    for i in range(2):
+        params, cfg, step = load_checkpoint_params(latest, model=i)
+        assert cfg == model_cfg and step == 24
+        for name, leaf in jax.tree_util.tree_leaves_with_path(together.state.params):
+            got = jax.tree_util.tree_leaves_with_path(params)
+            got = dict((jax.tree_util.keystr(k), v) for k, v in got)[jax.tree_util.keystr(name)]
+            np.testing.assert_array_equal(got, np.asarray(leaf)[i])
+    with pytest.raises(ValueError, match="model index 2 out of range"):
+        load_checkpoint_params(latest, model=2)
+
+
+def test_the_loop_reports_each_step_to_its_callback(tmp_path, synthetic):
+    reports = []
+    result = train(_toy(1), _quick(steps=12), synthetic, tmp_path / "run", on_step=reports.append)
+    assert [r.step for r in reports] == list(range(1, 13)) and result.final_step == 12
+    assert all(r.total == 12 and r.start == 0 and r.losses.shape == (1,) for r in reports)
+    evaluated = [r.step for r in reports if r.evaluated]
+    records = _records(tmp_path / "run")
+    assert evaluated == [r["step"] for r in records if r["step"] > 0]
+    assert {k: v for k, v in reports[-1].record.items() if k != "wall_time"} == records[-1]
+    # run data only: the summary and the pages are the caller's (the CLI's) to write
+    assert (tmp_path / "run" / "final_model").is_dir()
+    assert not list((tmp_path / "run").glob("*.html")) and not list(
+        (tmp_path / "run").glob("*.png")
+    )
 
 
 def test_existing_run_directory_is_never_overwritten(tmp_path, synthetic):
@@ -161,18 +183,18 @@ def test_existing_run_directory_is_never_overwritten(tmp_path, synthetic):
     run.mkdir()
     (run / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="--resume"):
-        train(_toy(1), _quick(), synthetic, run, progress=False)
+        train(_toy(1), _quick(), synthetic, run)
     assert (run / "notes.txt").read_text() == "mine"
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        train(_toy(1), _quick(), synthetic, run, resume=True, progress=False)
+        train(_toy(1), _quick(), synthetic, run, resume=True)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        train(_toy(1), _quick(), synthetic, tmp_path / "absent", resume=True, progress=False)
+        train(_toy(1), _quick(), synthetic, tmp_path / "absent", resume=True)
 
 
 def test_resume_with_other_options_is_refused(tmp_path, synthetic):
-    train(_toy(1), _quick(), synthetic, tmp_path / "run", progress=False, stop_after=5)
+    train(_toy(1), _quick(), synthetic, tmp_path / "run", stop_after=5)
     with pytest.raises(ValueError, match="other options"):
-        train(_toy(1), _quick(lr=1e-4), synthetic, tmp_path / "run", resume=True, progress=False)
+        train(_toy(1), _quick(lr=1e-4), synthetic, tmp_path / "run", resume=True)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, synthetic):
@@ -187,7 +209,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, syn
         n_log_checkpoints=1,
     )
     with pytest.raises(TrainingDiverged, match="last good checkpoint") as err:
-        train(_toy(1), cfg, synthetic, tmp_path / "run", progress=False)
+        train(_toy(1), cfg, synthetic, tmp_path / "run")
     steps = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert steps, "a checkpoint from before the divergence must remain"
     assert f"step_{steps[-1]:08d}" in str(err.value)
@@ -216,16 +238,16 @@ class _InterruptingDataset:
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, synthetic):
     data = _InterruptingDataset(synthetic, step=7)
-    result = train(_toy(1), _quick(), data, tmp_path / "run", progress=False)
+    result = train(_toy(1), _quick(), data, tmp_path / "run")
     assert result.interrupted and result.final_step == 8  # the step in flight completes
     assert 8 in list_checkpoints(tmp_path / "run" / "checkpoints")
     assert not (tmp_path / "run" / "summary.json").exists()
-    resumed = train(_toy(1), _quick(), synthetic, tmp_path / "run", resume=True, progress=False)
+    resumed = train(_toy(1), _quick(), synthetic, tmp_path / "run", resume=True)
     assert resumed.final_step == 24 and not resumed.interrupted
 
 
 def test_corrupted_checkpoint_gives_a_clear_error(tmp_path, synthetic):
-    train(_toy(1), _quick(), synthetic, tmp_path / "run", progress=False, stop_after=4)
+    train(_toy(1), _quick(), synthetic, tmp_path / "run", stop_after=4)
     ckpt = tmp_path / "run" / "checkpoints" / "step_00000004"
     (ckpt / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="corrupted"):
@@ -255,7 +277,7 @@ def test_bad_training_options(options, message):
 
 def test_model_and_data_must_agree(tmp_path, synthetic):
     with pytest.raises(ValueError, match="d_vocab"):
-        train(_toy(1).replace(d_vocab=100), _quick(), synthetic, tmp_path / "run", progress=False)
+        train(_toy(1).replace(d_vocab=100), _quick(), synthetic, tmp_path / "run")
 
 
 def test_command_line_train_writes_a_full_run_directory(tmp_path, capsys):

@@ -40,11 +40,13 @@ import pytest
 from jax.tree_util import Partial
 
 import mechjax as mj
-from mechjax import circuit_eigen, circuits, heads
-from mechjax.checkpoints import load_model
+from mechjax.activations import heads
+from mechjax.causal import path_patching
+from mechjax.circuits import eigen as circuit_eigen
+from mechjax.circuits import weights as circuits
+from mechjax.circuits.paths import k_composition_qk_circuit
 from mechjax.data import ByteTokenizer
-from mechjax.patching import path_patching
-from mechjax.paths import k_composition_qk_circuit
+from mechjax.io import load_model
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 SEG_LEN, BATCH, BOS = 25, 16, ByteTokenizer.bos_id

@@ -16,7 +16,7 @@ import pytest
 from conftest import SMALL_CONFIGS, random_model, random_tokens
 
 import mechjax as mj
-from mechjax.checkpoints.transformer_lens import (
+from mechjax.io.transformer_lens import (
     from_hooked_transformer,
     from_transformer_lens,
     to_hooked_transformer,
@@ -281,7 +281,7 @@ def test_state_dict_mismatch_names_the_entries():
 
 def test_module_import_does_not_load_torch():
     code = (
-        "import sys, mechjax.checkpoints.transformer_lens; "
+        "import sys, mechjax.io.transformer_lens; "
         "assert 'torch' not in sys.modules and 'transformer_lens' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,7 +13,7 @@ import pytest
 from conftest import SMALL_CONFIGS, random_model, random_tokens
 
 import mechjax as mj
-from mechjax import edits as E
+from mechjax.model import edits as E
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def no_compile(monkeypatch):
     def reached(*args, **kwargs):
         raise AssertionError("validation let bad input through to the compiled pass")
 
-    monkeypatch.setattr(mj.model, "_run_jit", reached)
+    monkeypatch.setattr(mj.model.transformer, "run", reached)
 
 
 def _both_entry_points(params, tokens, cfg, match, **kwargs):

@@ -8,7 +8,7 @@ helpers in common.py):
 
 (a) toy: a 2-layer attention-only model, d_model 256, 8 heads (d_head 32), vocabulary
     256, LayerNorm, learned positions, biases. TransformerLens side: the
-    `HookedTransformer` built from the same params by `mechjax.checkpoints.to_hooked_transformer`.
+    `HookedTransformer` built from the same params by `mechjax.io.to_hooked_transformer`.
 (b) gemma: Gemma-2-2B attention widths (d_model 2304, 8 heads, 4 key/value heads,
     d_head 256) with the real vocabulary (256,000, tied embeddings scaled by
     sqrt(d_model)), two layers; only the weights the circuits read are drawn. A
@@ -16,7 +16,7 @@ helpers in common.py):
     `FactoredMatrix` and `utils.composition_scores` (what `all_composition_scores`
     calls) to the same tensors, key/value weights repeated over each group.
 (c) heads: the head-detector pass of the toy on 32 sequences of a BOS and two copies of
-    25 random tokens: `mechjax.heads.detect_heads` (one jitted forward, all five scores)
+    25 random tokens: `mechjax.activations.heads.detect_heads` (one jitted forward, all five scores)
     vs TransformerLens `head_detector.detect_head` for its three head types (previous,
     duplicate, induction). `detect_head` tokenizes strings; the config-built model has
     no tokenizer, so its `to_tokens` is replaced by a lookup of the same token rows and
@@ -150,7 +150,8 @@ def _save_eigen(spec, outputs: dict) -> None:
 def _circuits_mechjax(spec: dict) -> dict:
     import jax
 
-    from mechjax import circuit_eigen, circuits
+    from mechjax.circuits import eigen as circuit_eigen
+    from mechjax.circuits import weights as circuits
 
     init_jax_runtime()
     mem = PeakMemory()
@@ -181,7 +182,7 @@ def _tl_factored(spec: dict):
 
     cfg, params = _weights(spec)
     if spec["case"] == "toy":
-        from mechjax.checkpoints import to_hooked_transformer
+        from mechjax.io import to_hooked_transformer
 
         model = to_hooked_transformer(params, cfg)
         return model, model.OV, model.QK, model.W_E, model.W_U
@@ -227,7 +228,7 @@ def _circuits_transformer_lens(spec: dict) -> dict:
 
 
 def _head_tokens(spec: dict) -> np.ndarray:
-    from mechjax import heads
+    from mechjax.activations import heads
 
     s, t = spec["heads"], spec["sizes"]
     return heads.repeated_tokens(
@@ -238,7 +239,7 @@ def _head_tokens(spec: dict) -> np.ndarray:
 def _heads_mechjax(spec: dict) -> dict:
     import jax.numpy as jnp
 
-    from mechjax import heads
+    from mechjax.activations import heads
 
     init_jax_runtime()
     mem = PeakMemory()
@@ -267,7 +268,7 @@ def _heads_transformer_lens(spec: dict) -> dict:
     import torch
     from transformer_lens import head_detector
 
-    from mechjax.checkpoints import to_hooked_transformer
+    from mechjax.io import to_hooked_transformer
 
     threads = init_torch_runtime()
     mem = PeakMemory()

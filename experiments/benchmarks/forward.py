@@ -10,12 +10,12 @@ weights and the same tokens; see common.py for the protocol):
     512, context 256, batch 32, pre-LayerNorm, learned positions, biases):
     `mj.forward` (jitted) vs TransformerLens `HookedTransformer.forward` under
     `torch.no_grad`, the TL model built from the same params with
-    `mechjax.checkpoints.to_hooked_transformer`.
+    `mechjax.io.to_hooked_transformer`.
 (b) gemma: Gemma 2 at the real 2B widths (d_model 2304, 8 heads, 4 kv heads, head_dim
     256, d_mlp 9216, vocabulary 256,000) with 2 layers (one local, one global), batch
     1 x 128, float32: `mj.forward` vs HF `Gemma2ForCausalLM` (eager attention, no KV
     cache). The weights are written once as an HF folder (`save_pretrained`) and each side
-    loads it (`from_pretrained` / `mechjax.checkpoints.load_hf_gemma`).
+    loads it (`from_pretrained` / `mechjax.io.load_hf_gemma`).
 (c) capture: the toy of (a) with every activation kept: `mj.run_with_stream(...,
     capture="all")` vs TransformerLens `run_with_cache`; and mechjax's capture overhead
     over its own plain forward of row (a).
@@ -170,7 +170,7 @@ def _toy_transformer_lens(spec: dict) -> dict:
     """Rows (a) and (c), TransformerLens side (same weights via to_hooked_transformer)."""
     import torch
 
-    from mechjax.checkpoints import to_hooked_transformer
+    from mechjax.io import to_hooked_transformer
 
     threads = init_torch_runtime()
     mem = PeakMemory()
@@ -203,7 +203,7 @@ def _gemma_mechjax(spec: dict) -> dict:
     import jax.numpy as jnp
 
     import mechjax as mj
-    from mechjax.checkpoints import load_hf_gemma
+    from mechjax.io import load_hf_gemma
 
     init_jax_runtime()
     mem = PeakMemory()

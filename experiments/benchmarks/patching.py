@@ -23,7 +23,7 @@ for two models:
 
 Each (model, sweep, implementation) runs in its own fresh worker process (protocol in
 `common.py`) on the same numpy-drawn weights; the TransformerLens model is built from
-them with `mechjax.checkpoints.to_hooked_transformer`. A timed call is the whole
+them with `mechjax.io.to_hooked_transformer`. A timed call is the whole
 operation from tokens to the result grid: for mechjax one `activation_patching` call
 (it runs the clean and corrupted inputs itself), for TransformerLens `run_with_cache` on
 the clean tokens plus the sweep. mechjax's compile time (first call minus median) is
@@ -131,7 +131,7 @@ def _setup(spec: dict):
 def mechjax_worker(spec: dict) -> dict:
     import jax.numpy as jnp
 
-    from mechjax.patching import activation_patching
+    from mechjax.causal import activation_patching
 
     init_jax_runtime()
     memory = PeakMemory()
@@ -170,7 +170,7 @@ def transformer_lens_worker(spec: dict) -> dict:
     import torch
     from transformer_lens import patching
 
-    from mechjax.checkpoints import to_hooked_transformer
+    from mechjax.io import to_hooked_transformer
 
     threads = init_torch_runtime()
     memory = PeakMemory()

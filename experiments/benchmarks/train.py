@@ -151,7 +151,7 @@ def _decayed_like_mechjax(name: str, tensor) -> bool:
 def _step_transformer_lens(spec: dict) -> dict:
     import torch
 
-    from mechjax.checkpoints import to_hooked_transformer
+    from mechjax.io import to_hooked_transformer
 
     threads = init_torch_runtime()
     mem = PeakMemory()

@@ -51,13 +51,14 @@ class _TimedBatches:
 def track_on(spec: dict) -> dict:
     import jax
 
+    from mechjax.dynamics.tracking import Tracker
     from mechjax.train import checkpointing, loop, train
 
     init_jax_runtime()
     mem = PeakMemory()
     cfg, dataset, train_cfg = _track_setup(spec)
     timer = TimeSpent("evaluate", "checkpoint", "init", "step", "batch")
-    loop._evaluate = timer.wrap(loop._evaluate, "evaluate")
+    Tracker.evaluate = timer.wrap(Tracker.evaluate, "evaluate")
     checkpointing.save_checkpoint = timer.wrap(checkpointing.save_checkpoint, "checkpoint")
     # what the bare loop also does, timed inside this run: the initial state, the compiled
     # step (waited for) and the batch generation. The rest of the wall time is what
@@ -73,7 +74,7 @@ def track_on(spec: dict) -> dict:
     dataset = _TimedBatches(dataset, timer.wrap(dataset.batch, "batch"))
     with tempfile.TemporaryDirectory(prefix="mechjax-bench-run-") as run_dir:
         start = time.perf_counter()
-        result = train(cfg, train_cfg, dataset, run_dir, progress=False, finalize=False)
+        result = train(cfg, train_cfg, dataset, run_dir, finalize=False)
         wall = time.perf_counter() - start
         _save_params(spec, result.state.params)
     return {

@@ -3,9 +3,9 @@
 Accepts, and tells apart by their files:
 
 * a run directory written by `mechjax train` (its `final_model/`);
-* a model directory (`config.json`, `manifest.json`, `params/`; `mechjax.checkpoints.load_model`);
+* a model directory (`config.json`, `manifest.json`, `params/`; `mechjax.io.load_model`);
 * a training checkpoint `RUN/checkpoints/step_XXXXXXXX` (`config.json`, `state/`;
-  `mechjax.train.load_checkpoint`; the first model of a multi-seed state);
+  `mechjax.io.run_checkpoints.load_checkpoint_params`; the first model of a multi-seed state);
 * a HuggingFace Gemma folder (`config.json` and `*.safetensors`; `load_hf_gemma`).
 
 Token ids are decoded with the run's tokenizer when it can be told: the byte tokenizer
@@ -15,7 +15,7 @@ byte models the random sequences and the skip-trigram table use text bytes only
 (printable ASCII, tab, newline): the other bytes are rare or absent in text, so their
 embeddings stay near initialisation and would fill the tables with noise
 (`--all-tokens` keeps them).
-The output (default `<input>/analysis`) is written by `mechjax.analysis_report`.
+The output (default `<input>/analysis`) is written by `mechjax.views.analysis_report`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
+
+from ..io.runs import CHECKPOINTS_DIR, FINAL_MODEL_DIR
 
 SYNTHETIC_DATA = ("repeated", "trigger-bigrams", "markov")  # BOS = vocab_size - 1
 
@@ -75,7 +77,7 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..analysis_report import analyze_model  # matplotlib loads only when the command runs
+    from ..views.analysis_report import analyze_model
 
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
@@ -128,23 +130,20 @@ def load_any(path) -> LoadedModel:
             "model directory, training checkpoint or HuggingFace folder)"
         )
     if _is_model_dir(path):
-        from ..checkpoints import load_model
+        from ..io import load_model
 
         params, cfg = load_model(path)
         return _with_tokens(params, cfg, "model", f"model directory {path}", _run_dir_of(path))
     if _is_train_checkpoint(path):
-        import jax
+        from ..io.run_checkpoints import load_checkpoint_params
 
-        from ..train import load_checkpoint
-
-        state, cfg, _ = load_checkpoint(path)
-        params = jax.tree_util.tree_map(lambda x: x[0], state.params)  # model 0 of the stack
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+        params, cfg, _ = load_checkpoint_params(path, model=0)  # model 0 of a multi-seed stack
+        run_dir = path.parent.parent if path.parent.name == CHECKPOINTS_DIR else None
         return _with_tokens(params, cfg, "checkpoint", f"training checkpoint {path}", run_dir)
-    if _is_model_dir(path / "final_model"):
-        from ..checkpoints import load_model
+    if _is_model_dir(path / FINAL_MODEL_DIR):
+        from ..io import load_model
 
-        params, cfg = load_model(path / "final_model")
+        params, cfg = load_model(path / FINAL_MODEL_DIR)
         return _with_tokens(params, cfg, "run", f"run {path} (final_model/)", path)
     if _is_hf_folder(path):
         return _load_hf(path)
@@ -204,7 +203,7 @@ def _synthetic_token_str(bos: int) -> Callable[[int], str]:
 
 
 def _load_hf(path: Path) -> LoadedModel:
-    from ..checkpoints import load_hf_gemma
+    from ..io import load_hf_gemma
 
     params, cfg = load_hf_gemma(path)
     raw = json.loads((path / "config.json").read_text())

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..report import compare_runs  # matplotlib loads only when the command runs
+    from ..views.run_report import compare_runs
 
     print(compare_runs(args.runs, args.out))
     return 0

@@ -21,8 +21,8 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..report import build_report  # matplotlib loads only when the command runs
-    from ..runs import find_runs
+    from ..io.runs import find_runs
+    from ..views.run_report import build_report
 
     for run_dir in find_runs(args.run):  # a multi-seed run: one report per seed
         print(build_report(run_dir))

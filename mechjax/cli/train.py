@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -100,26 +99,6 @@ def resolve(args) -> dict:
     return spec
 
 
-def build(spec: dict):
-    """(model config, train config, dataset) from a resolved preset."""
-    from mechjax.config import ModelConfig
-    from mechjax.data import make_dataset
-    from mechjax.train import TrainConfig
-
-    model = dict(spec["model"])
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(model) - fields)
-    if unknown:
-        raise ValueError(f"unknown model fields {unknown}; valid: {sorted(fields)}")
-    train_cfg = TrainConfig.from_dict(spec["train"])  # validates before data is loaded
-    data_options = dict(spec["data"])
-    dataset = make_dataset(data_options.pop("name"), **data_options)
-    if model.get("d_vocab", "auto") == "auto":
-        model["d_vocab"] = dataset.vocab_size
-    model.setdefault("n_ctx", dataset.n_ctx)
-    return ModelConfig(**model), train_cfg, dataset
-
-
 def run(args) -> int:
     from toy_models import list_presets
 
@@ -129,8 +108,10 @@ def run(args) -> int:
         for name in list_presets():
             print(f"{name:16s} {load_preset(name).get('description', '')}")
         return 0
+    from mechjax.train import build_from_spec
+
     spec = resolve(args)
-    model_cfg, train_cfg, dataset = build(spec)
+    model_cfg, train_cfg, dataset = build_from_spec(spec)
     if args.show_config:
         print(
             json.dumps(
@@ -142,15 +123,21 @@ def run(args) -> int:
     out = args.out or Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     from mechjax.train import train
+    from mechjax.views.progress import ProgressBar
+    from mechjax.views.run_report import build_report, write_summary
 
     print(f"mechjax train: {spec.get('description', args.preset)}")
     print(f"  data: {dataset.describe()}")
     print(f"  run directory: {out}")
-    result = train(
-        model_cfg, train_cfg, dataset, out, resume=args.resume, progress=not args.no_progress
-    )
+    with ProgressBar() as bar:
+        on_step = None if args.no_progress else bar
+        result = train(model_cfg, train_cfg, dataset, out, resume=args.resume, on_step=on_step)
     if result.interrupted:
         return 130
+    if result.final_step == train_cfg.steps:
+        for run_dir in result.run_dirs:
+            write_summary(run_dir)
+            build_report(run_dir)
     for run_dir in result.run_dirs:
         _print_summary(run_dir)
     return 0

@@ -40,6 +40,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..model.generate import greedy_next_tokens
 from .sampling import check_batch_size, check_n_batches, eval_rng, step_rng
 from .tokenizer import ByteTokenizer
 
@@ -198,7 +199,7 @@ class Arithmetic:
                 f"{self.vocab_size}; train it on this dataset (d_vocab={self.vocab_size})"
             )
         tokens, answers = self.prompts(split)
-        correct = predict(params, cfg, tokens, edits=edits) == answers
+        correct = greedy_next_tokens(params, tokens, cfg, edits=edits) == answers
         return accuracy_by_operation(correct, self.problems(split))
 
     # -- internals -------------------------------------------------------------------------------
@@ -210,26 +211,6 @@ class Arithmetic:
         body = lines[picked].reshape(batch_size, -1)[:, : self.n_ctx - 1]
         bos = np.full((batch_size, 1), self.bos_id, np.int32)
         return np.concatenate([bos, body.astype(np.int32)], axis=1)
-
-
-def predict(params, cfg, tokens, *, edits=(), batch_size: int = 256) -> np.ndarray:
-    """The greedy next token at the last position of each prompt: ids [n] (numpy), from
-    forward passes over `batch_size` prompts at a time (the logits of a large vocabulary
-    are big)."""
-    from ..model import forward  # the data package does not import the model at import time
-
-    tokens = np.asarray(tokens)
-    batch_size = check_batch_size(batch_size)
-    if tokens.ndim != 2 or len(tokens) == 0:
-        raise ValueError(f"tokens must be a non-empty [n, pos] array, got shape {tokens.shape}")
-    return np.concatenate(
-        [
-            np.asarray(
-                forward(params, tokens[i : i + batch_size], cfg, edits=edits)[:, -1].argmax(-1)
-            )
-            for i in range(0, len(tokens), batch_size)
-        ]
-    )
 
 
 def accuracy_by_operation(correct, problems) -> dict[str, float]:

@@ -5,7 +5,8 @@ result = train(model_cfg, TrainConfig(steps=3000), dataset, "runs/attn2")
 """
 
 from .checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from .loop import RunResult, TrainingDiverged, schedules, train
+from .loop import RunResult, StepReport, TrainingDiverged, schedules, train
+from .spec import build_from_spec
 from .state import (
     TrainConfig,
     TrainState,
@@ -19,9 +20,11 @@ from .state import (
 
 __all__ = [
     "RunResult",
+    "StepReport",
     "TrainConfig",
     "TrainState",
     "TrainingDiverged",
+    "build_from_spec",
     "init_state",
     "init_states",
     "latest_checkpoint",

@@ -1,11 +1,13 @@
 """The training loop: a run directory, scheduled evaluations and checkpoints, resume,
 Ctrl-C and divergence handling.
 
-A run directory (format in `docs/RUN_FORMAT.md`) holds `config.json`, `metrics.jsonl`,
-`per_token_loss.npz`, `checkpoints/`, and when the run ends `final_model/`,
-`final_pattern.npz`, `summary.json`, the figures and `report.html`. With several seeds
-each model gets its own run directory `seed_<s>/` and the stacked training state is
-checkpointed once at the top.
+A run directory (format in `docs/RUN_FORMAT.md`, file names in `mechjax.io.runs`) holds
+`config.json`, `metrics.jsonl`, `per_token_loss.npz`, `checkpoints/`, and when the run
+ends `final_model/` and `final_pattern.npz`. With several seeds each model gets its own
+run directory `seed_<s>/` and the stacked training state is checkpointed once at the
+top. The loop knows nothing of figures or pages: it reports each step to an optional
+callback (`on_step`, e.g. `mechjax.views.progress.ProgressBar`) and returns its
+results; `mechjax train` then writes the summary and the report (`mechjax.views`).
 
 Nothing a user saved is overwritten: an existing, non-empty directory is resumed (when
 asked) or refused.
@@ -24,15 +26,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import __version__
-from ..config import ModelConfig
-from ..tracking import EvalInputs, Tracker, log_spaced_steps, make_eval_inputs
+from ..dynamics.tracking import EvalInputs, Tracker, log_spaced_steps, make_eval_inputs
+from ..io.orbax_io import save_model
+from ..io.runs import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    FINAL_MODEL_DIR,
+    FINAL_PATTERN_FILE,
+    METRICS_FILE,
+    PER_TOKEN_LOSS_FILE,
+)
+from ..model.config import ModelConfig
+from ..model.transformer import run_with_stream
+from ..version import __version__
 from . import checkpointing
-from .state import TrainConfig, TrainState, init_states, make_train_step
+from .state import TrainConfig, TrainState, init_states, learning_rate_schedule, make_train_step
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepReport:
+    """What the loop tells its `on_step` callback after each update.
+
+    step: updates done; start: the step this call began at (> 0 when resumed); total:
+    the run's length; losses: `[model]` training losses of this step; record: the latest
+    evaluation of model 0 (a `metrics.jsonl` record; empty before the first); evaluated:
+    whether `record` was made at this step."""
+
+    step: int
+    start: int
+    total: int
+    losses: np.ndarray
+    record: dict
+    evaluated: bool
 
 
 @dataclasses.dataclass
@@ -65,8 +94,8 @@ class _RunLog:
 
     def __init__(self, run_dir: Path):
         self.dir = run_dir
-        self.metrics_path = run_dir / "metrics.jsonl"
-        self.pca_path = run_dir / "per_token_loss.npz"
+        self.metrics_path = run_dir / METRICS_FILE
+        self.pca_path = run_dir / PER_TOKEN_LOSS_FILE
         self.pca_steps: list[int] = []
         self.pca_losses: list[np.ndarray] = []
 
@@ -109,7 +138,7 @@ def _prepare_run_dir(out_dir: Path, resume: bool) -> bool:
                 f"run directory {out_dir} already exists and is not empty; pass --resume to "
                 "continue that run, or choose a new --out directory"
             )
-        if checkpointing.latest_checkpoint(out_dir / "checkpoints") is None:
+        if checkpointing.latest_checkpoint(out_dir / CHECKPOINTS_DIR) is None:
             raise FileNotFoundError(
                 f"cannot resume {out_dir}: it has no complete checkpoint under checkpoints/; "
                 "choose a new --out directory to start afresh"
@@ -130,14 +159,16 @@ def train(
     out_dir,
     *,
     resume: bool = False,
-    progress: bool = True,
+    on_step=None,
     stop_after: int | None = None,
     finalize: bool = True,
 ) -> RunResult:
     """Train `len(train_cfg.seeds)` models together, tracking and checkpointing.
 
-    `stop_after` ends the loop early at that step with a checkpoint (as an interruption
-    would), which tests use to check that resuming is bit-identical.
+    `on_step(StepReport)` is called after every update (progress display). `stop_after`
+    ends the loop early at that step with a checkpoint (as an interruption would), which
+    tests use to check that resuming is bit-identical. `finalize` exports each finished
+    model (`final_model/`) and its best induction head's pattern.
     """
     out_dir = Path(out_dir)
     if dataset.vocab_size != model_cfg.d_vocab:
@@ -152,7 +183,7 @@ def train(
     resuming = _prepare_run_dir(out_dir, resume)
     multi = len(train_cfg.seeds) > 1
     run_dirs = [out_dir / f"seed_{s}" for s in train_cfg.seeds] if multi else [out_dir]
-    ckpt_root = out_dir / "checkpoints"
+    ckpt_root = out_dir / CHECKPOINTS_DIR
     run_config = {
         "model": model_cfg.to_dict(),
         "train": train_cfg.to_dict(),
@@ -178,7 +209,7 @@ def train(
     logs = []
     for run_dir in run_dirs:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(run_dir / "config.json", json.dumps(run_config, indent=2))
+        _atomic_write(run_dir / CONFIG_FILE, json.dumps(run_config, indent=2))
         log = _RunLog(run_dir)
         if resuming:
             log.truncate_after(start)
@@ -191,7 +222,6 @@ def train(
     data_seeds = train_cfg.data_seeds()
     end = min(train_cfg.steps, stop_after) if stop_after is not None else train_cfg.steps
 
-    bar = _progress_bar(progress, start, train_cfg.steps)
     interrupted = False
     stop_requested = []
     previous_handler = _install_sigint(stop_requested)
@@ -248,18 +278,15 @@ def train(
                         "Lower --lr, raise --warmup-steps or set --grad-clip, and start a new run."
                     )
                 checkpointing.save_checkpoint(ckpt_root, state, model_cfg, train_cfg)
-            if bar is not None:
-                bar.update(1)
-                if done % 10 == 0 or done in eval_steps:
-                    bar.set_postfix_str(_postfix(losses, last))
+            if on_step is not None:
+                evaluated = done in eval_steps
+                on_step(StepReport(done, start, train_cfg.steps, losses, last, evaluated))
             if stop_requested:
                 if _all_finite(state.params):
                     checkpointing.save_checkpoint(ckpt_root, state, model_cfg, train_cfg)
                 interrupted = True
                 break
     finally:
-        if bar is not None:
-            bar.close()
         signal.signal(signal.SIGINT, previous_handler) if previous_handler is not None else None
 
     final_step = int(np.asarray(state.step).reshape(-1)[0])
@@ -278,8 +305,6 @@ def _all_finite(tree) -> bool:
 
 
 def _lr(train_cfg: TrainConfig, step: int) -> float:
-    from .state import learning_rate_schedule
-
     return float(learning_rate_schedule(train_cfg)(step))
 
 
@@ -307,23 +332,6 @@ def _evaluate(
     return last
 
 
-def _postfix(losses, record) -> str:
-    parts = [f"loss={float(np.mean(losses)):.3f}"]
-    if record:
-        parts.append(f"icl={record['icl_score']:+.3f}")
-        if record.get("best_induction"):
-            parts.append(f"ind={record['best_induction']['score']:.2f}")
-    return " ".join(parts)
-
-
-def _progress_bar(enabled: bool, start: int, total: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=0.5)
-
-
 def _install_sigint(flag: list):
     """Ctrl-C sets a flag the loop checks between steps (never mid-update, where the
     donated state buffers would be lost). A second Ctrl-C interrupts at once."""
@@ -345,30 +353,23 @@ def _install_sigint(flag: list):
 def _finalize(
     state: TrainState, model_cfg: ModelConfig, run_dirs: list[Path], inputs: EvalInputs
 ) -> None:
-    """Export each model, the best induction head's pattern, the summary and the report."""
-    from ..checkpoints.orbax_io import save_model
-    from ..report import build_report, write_summary
-
+    """Export each model and its best induction head's pattern."""
     for i, run_dir in enumerate(run_dirs):
         params = _model(state, i)
-        save_model(run_dir / "final_model", params, model_cfg)
+        save_model(run_dir / FINAL_MODEL_DIR, params, model_cfg)
         if model_cfg.n_layers:
             _save_best_pattern(params, model_cfg, run_dir, inputs)
-        write_summary(run_dir)
-        build_report(run_dir)
 
 
 def _save_best_pattern(params, model_cfg, run_dir: Path, inputs: EvalInputs) -> None:
-    from ..model import run_with_stream
-
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    lines = (run_dir / METRICS_FILE).read_text().splitlines()
     best = json.loads(lines[-1])["best_induction"]
     repeated = inputs.induction_input
     tokens = repeated.tokens[:1]
     _, stream = run_with_stream(params, tokens, model_cfg, capture=["pattern"])
     pattern = np.asarray(stream["pattern"][best["layer"], 0, best["head"]])
     np.savez(
-        run_dir / "final_pattern.npz",
+        run_dir / FINAL_PATTERN_FILE,
         pattern=pattern,
         tokens=tokens[0],
         layer=best["layer"],

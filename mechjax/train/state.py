@@ -18,9 +18,9 @@ import numpy as np
 import optax
 from flax import struct
 
-from ..config import ModelConfig
-from ..losses import mean_loss
-from ..params import init_params
+from ..model.config import ModelConfig
+from ..model.losses import mean_loss
+from ..model.params import init_params
 
 SCHEDULES = ("cosine", "linear", "constant")
 

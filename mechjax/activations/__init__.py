@@ -1,0 +1,11 @@
+"""What one run's activations show.
+
+heads        head detectors (induction, prefix matching, previous token, duplicate
+             token, copying) and the repeated-token inputs they read
+lens         the logit lens and the tuned lens
+attribution  direct logit attribution, integrated gradients, attention rollout
+"""
+
+from . import attribution, heads, lens
+
+__all__ = ["attribution", "heads", "lens"]

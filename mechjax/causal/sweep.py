@@ -1,0 +1,274 @@
+"""Sweep grids: which axes of a site a sweep runs over, the cells' selector arrays, the
+result container, and the checks every causal method does before compiling.
+
+A sweep over `over=("layer", "pos")` at site `resid_pre` has one cell per (layer,
+position); each cell is one `Edit` whose `layer` / `pos` / `head` selectors are that
+cell's indices (an axis not in `over` is selected whole). The cells' indices are flat
+int32 arrays, so `jax.vmap` over them runs every cell in one compiled call.
+
+Axis names: "layer" (per-layer sites only), "pos" (the site's `pos`, or `query_pos`
+for `scores`/`pattern`) and "head" (query heads; at `k` and `v` the key/value heads,
+`n_kv_heads` of them, which with grouped-query attention several query heads share).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..model.config import ModelConfig
+from ..model.params import check_params
+from ..model.sites import SITES, available_sites, is_per_layer
+from ..model.transformer import check_tokens, run
+
+AXES = ("layer", "pos", "head")
+_POS_NAMES = ("pos", "query_pos")
+_HEAD_NAMES = ("head", "kv_head")
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchingResult:
+    """The outcome of a sweep.
+
+    raw:         the metric of each patched run, shape = one entry per axis in `axes`
+    normalized:  `(raw - corrupted_metric) / (clean_metric - corrupted_metric)`: 1 where
+                 the patched run scores like the clean run, 0 like the corrupted one
+                 (the same formula for denoising and noising)
+    axes:        axis names, e.g. ("layer", "pos")
+    labels:      per axis, the label of each index ("L0", "H3", "KV1", "p5")
+    clean_metric, corrupted_metric: the metric of the unpatched runs
+    site, mode:  what was patched and how ("denoise", "noise", or a method's own name)
+    """
+
+    raw: jax.Array
+    normalized: jax.Array
+    axes: tuple[str, ...]
+    labels: dict[str, list[str]]
+    clean_metric: float
+    corrupted_metric: float
+    site: str
+    mode: str
+
+
+def normalize(raw, clean_metric, corrupted_metric) -> jax.Array:
+    """`(raw - corrupted) / (clean - corrupted)`; NaN (with a warning) when they tie."""
+    denom = float(clean_metric) - float(corrupted_metric)
+    if denom == 0.0:
+        warnings.warn(
+            "clean and corrupted runs have the same metric: the normalised effect is "
+            "undefined (NaN); choose inputs that the metric tells apart",
+            stacklevel=3,
+        )
+        return jnp.full(jnp.shape(raw), jnp.nan)
+    return (jnp.asarray(raw) - corrupted_metric) / denom
+
+
+def make_result(raw, clean_metric, corrupted_metric, site, over, sizes, mode, cfg):
+    clean_metric, corrupted_metric = float(clean_metric), float(corrupted_metric)
+    raw = jnp.asarray(raw).reshape(sizes)
+    return PatchingResult(
+        raw=raw,
+        normalized=normalize(raw, clean_metric, corrupted_metric),
+        axes=tuple(over),
+        labels={axis: axis_labels(axis, n, site) for axis, n in zip(over, sizes)},
+        clean_metric=clean_metric,
+        corrupted_metric=corrupted_metric,
+        site=site,
+        mode=mode,
+    )
+
+
+def axis_labels(axis: str, n: int, site: str) -> list[str]:
+    if axis == "head":
+        prefix = "KV" if "kv_head" in SITES[site][1] else "H"
+    else:
+        prefix = {"layer": "L", "pos": "p"}[axis]
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+
+def check_model_inputs(params, cfg: ModelConfig, *token_arrays) -> tuple[jax.Array, ...]:
+    """Validate the config, params and token arrays; same-shaped arrays as int32."""
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"cfg must be a mechjax.ModelConfig, got {type(cfg).__name__}")
+    check_params(params, cfg)
+    for tokens in token_arrays:
+        check_tokens(tokens, cfg)
+    shapes = {tuple(t.shape) for t in token_arrays}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"the token arrays must have the same shape [batch, pos] (positions are "
+            f"patched one-to-one), got {[tuple(t.shape) for t in token_arrays]}; pad or "
+            "truncate them to a common length"
+        )
+    return tuple(jnp.asarray(t, jnp.int32) for t in token_arrays)
+
+
+def check_site(site: str, cfg: ModelConfig) -> None:
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}; sites are {list(SITES)}")
+    if site not in available_sites(cfg):
+        raise ValueError(
+            f"this model has no site {site!r} (e.g. attention-only models have no MLP "
+            f"sites, 0-layer models no per-layer sites); its sites are {list(available_sites(cfg))}"
+        )
+
+
+def site_axes(site: str) -> dict[str, int]:
+    """Which sweep axes a site has, and where they sit in one layer's activation."""
+    per_layer, axes = SITES[site]
+    out = {}
+    if per_layer:
+        out["layer"] = -1  # the stacked layer axis, handled by the edit's layer selector
+    for name, options in (("pos", _POS_NAMES), ("head", _HEAD_NAMES)):
+        found = [i for i, a in enumerate(axes) if a in options]
+        if found:
+            out[name] = found[0]
+    return out
+
+
+def check_over(site: str, over, cfg: ModelConfig, n_pos: int) -> tuple[tuple[str, ...], tuple]:
+    """Validate `over` for `site`; return it as a tuple and the grid's sizes."""
+    over = (over,) if isinstance(over, str) else tuple(over)
+    have = site_axes(site)
+    bad = [a for a in over if a not in AXES]
+    if bad or not over or len(set(over)) != len(over):
+        raise ValueError(
+            f"over={over!r}: give distinct axis names from {AXES}, e.g. ('layer', 'pos')"
+        )
+    missing = [a for a in over if a not in have]
+    if missing:
+        raise ValueError(f"site {site!r} has no {missing} axis to sweep over; it has {list(have)}")
+    sizes = tuple(axis_size(a, site, cfg, n_pos) for a in over)
+    return over, sizes
+
+
+def axis_size(axis: str, site: str, cfg: ModelConfig, n_pos: int) -> int:
+    if axis == "layer":
+        return cfg.n_layers
+    if axis == "pos":
+        return n_pos
+    return cfg.n_kv_heads if "kv_head" in SITES[site][1] else cfg.n_heads
+
+
+def grid(sizes: tuple[int, ...], over: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Flat int32 index arrays `{axis: [cell]}`, cells in row-major order of `sizes`
+    (numpy: reordering them on the host costs no device dispatches)."""
+    mesh = np.meshgrid(*[np.arange(n) for n in sizes], indexing="ij")
+    return {axis: m.reshape(-1).astype(np.int32) for axis, m in zip(over, mesh)}
+
+
+MAX_LAYER_GROUPS = 8  # each group compiles its own stack of blocks
+MAX_POSITION_GROUPS = 4  # ... and, within a layer group, its own run from a position
+MAX_GROUPS = 12  # fewer position groups for deep models: compile time grows with groups
+
+
+def _group_starts(index: np.ndarray, n: int, max_groups: int) -> np.ndarray:
+    """The start of each index's group, for at most `max_groups` evenly spaced starts
+    over `range(n)` (an index belongs to the last start <= it)."""
+    starts = np.unique(np.linspace(0, n, max_groups + 1).astype(int)[:-1])
+    return starts[np.searchsorted(starts, index, side="right") - 1]
+
+
+def start_groups(cells: dict[str, np.ndarray], site: str, cfg: ModelConfig, last_start=None):
+    """Group a sweep's cells by where their patched run starts: a block and a position.
+
+    A cell patching layer l re-runs blocks l .. n_layers - 1 only; one patching position
+    p, when only some positions' logits are read, computes only positions from p on
+    (earlier positions' keys and values come from the unpatched run: `model.transformer.run_from`'s
+    `prefix`). Start layers are grouped into at most `MAX_LAYER_GROUPS` evenly spaced
+    starts and start positions into at most `MAX_POSITION_GROUPS`, and `MAX_GROUPS` in
+    all (a cell starts at the last group start <= its index), so compile time stays
+    bounded. Cells without a layer (model-wide sites, `layer` not swept) start at block
+    0; positions are skipped only for per-layer sites with `pos` swept, and never past
+    `last_start` (the first position read; None: no skipping).
+
+    Returns `(order, groups)`: `order` [cell] (numpy) lists the cells group by group;
+    `groups` is `((first_layer, first_pos, n_cells), ...)` in that order.
+    """
+    n_cells = len(next(iter(cells.values())))
+    first_layer = np.zeros(n_cells, np.int64)
+    first_pos = np.zeros(n_cells, np.int64)
+    if is_per_layer(site) and "layer" in cells:
+        first_layer = _group_starts(np.asarray(cells["layer"]), cfg.n_layers, MAX_LAYER_GROUPS)
+    if is_per_layer(site) and "pos" in cells and last_start is not None:
+        pos = np.asarray(cells["pos"])
+        n_groups = min(MAX_POSITION_GROUPS, MAX_GROUPS // len(np.unique(first_layer)))
+        first_pos = _group_starts(pos, int(pos.max()) + 1, max(1, n_groups))
+        first_pos = np.minimum(first_pos, last_start)
+    order = np.lexsort((first_pos, first_layer))
+    pairs = np.stack([first_layer[order], first_pos[order]], axis=1)
+    starts, counts = np.unique(pairs, axis=0, return_counts=True)
+    groups = tuple((int(l), int(p), int(n)) for (l, p), n in zip(starts, counts))
+    return order, groups
+
+
+def run_pair(params, clean, corrupted, cfg: ModelConfig, capture: tuple[str, ...], readout=None):
+    """Clean and corrupted runs as one batched forward pass (inside jit): returns
+    `(clean_logits, clean_acts), (corrupted_logits, corrupted_acts)`, the logits only at
+    the positions `readout` when given (`model.transformer.run_from`)."""
+    n = clean.shape[0]
+    logits, acts = run(
+        params, jnp.concatenate([clean, corrupted]), cfg, capture=capture, readout=readout
+    )
+
+    def split(name, x, part):
+        axis = 1 if is_per_layer(name) else 0
+        return jax.lax.slice_in_dim(x, part * n, (part + 1) * n, axis=axis)
+
+    return tuple(
+        (logits[part * n : (part + 1) * n], {k: split(k, v, part) for k, v in acts.items()})
+        for part in (0, 1)
+    )
+
+
+AUTO_CHUNK_TOKENS = 4096  # tokens per vmapped chunk of cells under chunk_size="auto"
+
+
+def map_cells(fn, cells, chunk_size: int | None):
+    """`fn` over the cells' leading axis: one `vmap`, or `lax.map` over vmapped chunks
+    of `chunk_size` cells (still one compiled call)."""
+    n_cells = len(jax.tree_util.tree_leaves(cells)[0])
+    if chunk_size is None or chunk_size >= n_cells:
+        return jax.vmap(fn)(cells)
+    return jax.lax.map(fn, cells, batch_size=chunk_size)
+
+
+def check_chunk_size(chunk_size, tokens_per_cell: int) -> int | None:
+    """Validate `chunk_size` (a positive int, None: every cell in one vmap, or "auto")
+    and resolve "auto" to about `AUTO_CHUNK_TOKENS` tokens per chunk. On CPU, chunks of
+    a few thousand tokens run 1.2-2.7x faster than one vmap over a whole sweep (whose
+    activations fall out of cache; experiments/benchmarks/patching.py) and use a
+    fraction of the memory."""
+    if chunk_size == "auto":
+        return max(1, AUTO_CHUNK_TOKENS // max(1, tokens_per_cell))
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(
+            f"chunk_size must be a positive int, None (all cells at once) or 'auto', got "
+            f"{chunk_size!r}"
+        )
+    return chunk_size
+
+
+def check_mode(mode: str) -> jax.Array:
+    """Validate `mode`; return it as traced data (True: denoise), so that both modes
+    share one compiled program."""
+    if mode not in ("denoise", "noise"):
+        raise ValueError(
+            f"mode={mode!r}: use 'denoise' (corrupted run, clean values patched in) or "
+            "'noise' (clean run, corrupted values patched in)"
+        )
+    return jnp.asarray(mode == "denoise")
+
+
+def pick(flag: jax.Array, if_true, if_false):
+    """`if_true` where the traced bool `flag` holds, else `if_false` (pytrees)."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(flag, a, b), if_true, if_false)

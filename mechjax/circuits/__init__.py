@@ -1,0 +1,60 @@
+"""Circuits read off the weights (no forward pass over data, except path terms).
+
+weights        QK / OV / full / positional circuits, the direct path, norm folding,
+               composition scores
+eigen          eigenvalues of the full circuits and the copying scores read off them
+factored       FactoredMatrix: a low-rank product kept as its two factors
+paths          the path decomposition of a 1- or 2-layer attention-only model
+skip_trigrams  the strongest skip-trigrams of the full QK and OV circuits
+"""
+
+from . import eigen, factored, paths, skip_trigrams, weights
+from .eigen import (
+    copying_score_eigen,
+    full_ov_eigenvalues,
+    full_qk_eigenvalues,
+    ov_copying_scores,
+    qk_copying_scores,
+)
+from .factored import FactoredMatrix
+from .paths import PathTerms, k_composition_qk_circuit, path_decomposition
+from .skip_trigrams import SkipTrigram, format_skip_trigrams
+from .weights import (
+    composition_scores,
+    direct_path,
+    fold_norms,
+    full_ov_circuit,
+    full_qk_circuit,
+    ov_circuit,
+    positional_qk_circuit,
+    qk_circuit,
+    random_composition_baseline,
+)
+
+__all__ = [
+    "FactoredMatrix",
+    "PathTerms",
+    "SkipTrigram",
+    "composition_scores",
+    "copying_score_eigen",
+    "direct_path",
+    "eigen",
+    "factored",
+    "fold_norms",
+    "format_skip_trigrams",
+    "full_ov_circuit",
+    "full_ov_eigenvalues",
+    "full_qk_circuit",
+    "full_qk_eigenvalues",
+    "k_composition_qk_circuit",
+    "ov_circuit",
+    "ov_copying_scores",
+    "path_decomposition",
+    "paths",
+    "positional_qk_circuit",
+    "qk_circuit",
+    "qk_copying_scores",
+    "random_composition_baseline",
+    "skip_trigrams",
+    "weights",
+]

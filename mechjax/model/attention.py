@@ -1,0 +1,104 @@
+"""The attention kernel and its masks: scores, the float32 softmax over keys, causal and
+sliding-window masks, and causal attention computed in cache-sized pieces.
+
+Axes: `qh [batch, kv_head, group, query, d_head]` (query heads grouped under the key/value
+head they share, HF's repeat_kv order), `kh, vh [batch, kv_head, key, d_head]`. The
+block wiring (projections, RoPE, sites, the output projection) is in `forward.py`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import ModelConfig
+from .layers import softcap
+
+
+def attention_scores(qh, kh, cfg: ModelConfig) -> jax.Array:
+    """Scaled (and soft-capped) attention scores before masking: `[batch, kv_head, group,
+    query, key]`. qh [batch, kv_head, group, query, d_head], kh [batch, kv_head, key,
+    d_head]."""
+    scores = jnp.einsum("bkgqe,bkse->bkgqs", qh, kh)
+    return softcap(scores * cfg.attn_scale, cfg.attn_logit_softcap)
+
+
+def masked_attention(qh, kh, vh, mask, cfg: ModelConfig, dtype) -> jax.Array:
+    """Softmax attention of queries qh over keys/values kh, vh under `mask [query, key]`:
+    the mixed values `[batch, kv_head, group, query, d_head]`."""
+    scores = jnp.where(mask, attention_scores(qh, kh, cfg), -jnp.inf)
+    return jnp.einsum("bkgqs,bkse->bkgqe", softmax_over_keys(scores, dtype), vh)
+
+
+def softmax_over_keys(scores: jax.Array, dtype) -> jax.Array:
+    """Softmax over keys, in float32 whatever the model's dtype (as the references do)."""
+    return jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype)
+
+
+def attention_in_query_blocks(qh, kh, vh, window, cfg: ModelConfig, dtype) -> jax.Array:
+    """Masked softmax attention, query block by query block (`causal_query_blocks`):
+    the masked triangle above the blocks is never computed. Shapes as `causal_attention`."""
+    zh = []
+    for start, stop in causal_query_blocks(qh.shape[3]):
+        mask = attention_mask(stop, window, range(start, stop))
+        zh.append(
+            masked_attention(
+                qh[:, :, :, start:stop], kh[:, :, :stop], vh[:, :, :stop], mask, cfg, dtype
+            )
+        )
+    return jnp.concatenate(zh, axis=3)
+
+
+def causal_attention(qh, kh, vh, window, cfg: ModelConfig, dtype) -> jax.Array:
+    """The mixed values `[batch, kv_head, group, pos, d_head]` of queries qh `[batch,
+    kv_head, group, pos, d_head]` over keys/values kh, vh `[batch, kv_head, pos, d_head]`.
+
+    On CPU attention is bound by memory traffic on the `[head, query, key]` score tensors,
+    not by arithmetic. So sequences go through in small chunks (`lax.map`; each chunk's
+    scores stay in cache and reuse one buffer), and each chunk is rematerialised in the
+    backward pass rather than storing its softmax for the whole batch. Same values as
+    one big masked softmax; several times faster at the benchmarks' training sizes
+    (experiments/benchmarks/README.md).
+    """
+    B, _, _, P, _ = qh.shape
+    chunk = attention_batch_chunk(B, cfg.n_heads, P)
+    if chunk == B:
+        return attention_in_query_blocks(qh, kh, vh, window, cfg, dtype)
+    body = jax.checkpoint(lambda x: attention_in_query_blocks(*x, window, cfg, dtype))
+    split = lambda x: x.reshape(B // chunk, chunk, *x.shape[1:])  # noqa: E731
+    zh = jax.lax.map(body, (split(qh), split(kh), split(vh)))
+    return zh.reshape(B, *zh.shape[2:])
+
+
+def attention_mask(n_keys: int, window: jax.Array, queries=None):
+    """`[query_pos, key_pos]` causal mask over keys `0 .. n_keys - 1`, keys within `window`
+    positions (inclusive of the query itself: q - k < window). `queries`: the query rows'
+    positions (a `range` or a sequence of ints; default: all `n_keys` of them). `window`
+    may be traced (per-layer)."""
+    q = jnp.asarray(np.asarray(range(n_keys) if queries is None else queries), jnp.int32)[:, None]
+    k = jnp.arange(n_keys)[None, :]
+    return (k <= q) & (q - k < window)
+
+
+def causal_query_blocks(n_pos: int, min_rows: int = 32, max_blocks: int = 8):
+    """Split query positions into blocks `[(start, stop), ...]` for causal attention.
+
+    Queries in block `[start, stop)` see keys `0 .. stop - 1` only, so scoring block by
+    block skips most of the masked upper triangle and keeps each block's
+    `[batch, head, rows, keys]` scores small enough to stay in cache: on a 2-core CPU
+    this is 2-4x faster than one `[pos, pos]` score matrix at 256 positions
+    (experiments/benchmarks). At most `max_blocks` blocks (each one is its own pair of
+    matmuls), of at least `min_rows` rows.
+    """
+    n_blocks = max(1, min(max_blocks, n_pos // min_rows))
+    edges = np.linspace(0, n_pos, n_blocks + 1).round().astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+
+
+def attention_batch_chunk(n_batch: int, n_heads: int, n_pos: int, budget: int = 2**21) -> int:
+    """Sequences per chunk of causal attention: the largest divisor of `n_batch` whose
+    `[chunk, head, pos, pos]` scores hold at most `budget` floats (8 MiB; a few such
+    tensors fit in a 32 MiB L3 cache), and at least 1."""
+    fits = max(1, budget // max(1, n_heads * n_pos * n_pos))
+    return max(c for c in range(1, n_batch + 1) if n_batch % c == 0 and c <= fits)

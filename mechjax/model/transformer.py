@@ -1,0 +1,406 @@
+"""The forward pass: one pure function for attention-only toys and Gemma 1/2/3.
+
+    forward(params, tokens, cfg, edits=())                    -> logits [batch, pos, vocab]
+    run_with_stream(params, tokens, cfg, capture, edits=())   -> (logits, Stream)
+
+Layers run under `lax.scan` over the stacked block parameters; per-layer differences
+(local/global attention, RoPE base) are data indexed by the layer. At every named site
+(`mechjax.model.sites`) the pass applies the edits aimed at it and records it if captured.
+Inputs are validated in Python before any compiled code runs (inside jit, JAX would
+clamp an out-of-range token id silently).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import layers
+from .attention import attention_mask, attention_scores, causal_attention, softmax_over_keys
+from .config import ModelConfig
+from .edits import Edit, check_edits
+from .params import Params, check_params
+from .sites import SITES, resolve_capture
+from .stream import Stream
+from .unembed import final_norm, final_norm_scale, has_final_norm, unembed
+
+_NO_WINDOW = np.iinfo(np.int32).max
+
+
+class _SiteHooks:
+    """Applies the edits aimed at each site and records the sites being captured."""
+
+    def __init__(self, capture: tuple[str, ...], edits: tuple[Edit, ...], layer_index=None):
+        self.capture = capture
+        self.edits = edits
+        self.layer_index = layer_index
+        self.captured: dict[str, jax.Array] = {}
+
+    def wants(self, name: str) -> bool:
+        return name in self.capture or any(e.site == name for e in self.edits)
+
+    def __call__(self, name: str, value: jax.Array) -> jax.Array:
+        for edit in self.edits:
+            if edit.site == name:
+                value = edit.apply(value, self.layer_index)
+        if name in self.capture:
+            self.captured[name] = value
+        return value
+
+    def record(self, name: str, value: jax.Array) -> None:
+        if name in self.capture:
+            self.captured[name] = value
+
+
+def _attention(
+    h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks, queries=None, prefix=None
+):
+    """One attention sub-block. h [batch, pos, d_model] (already normed).
+
+    queries: a static tuple of (absolute) query positions to compute; keys and values
+        are still computed at every position h holds. The output then has
+        `len(queries)` positions.
+    prefix: `(k, v)` `[batch, start, kv_head, d_head]`, the keys and values of positions
+        `0 .. start - 1` from another run; h then holds positions `start ..` only (whose
+        keys and values are computed and appended; RoPE and masks use absolute
+        positions).
+    """
+    B, P, _ = h.shape
+    K, G, E = cfg.n_kv_heads, cfg.group_size, cfg.d_head
+    start = 0 if prefix is None else prefix[0].shape[1]
+    absolute = np.arange(start, start + P) if queries is None else np.asarray(queries)
+    rows = slice(None) if queries is None else absolute - start
+    q = jnp.einsum("bpd,hde->bphe", h[:, rows], lp["W_Q"])
+    R = q.shape[1]
+    k = jnp.einsum("bpd,kde->bpke", h, lp["W_K"])
+    v = jnp.einsum("bpd,kde->bpke", h, lp["W_V"])
+    if cfg.use_attn_bias:
+        q, k, v = q + lp["b_Q"], k + lp["b_K"], v + lp["b_V"]
+    if cfg.qk_norm:
+        q = norm(q, norm.scale(q), lp["q_norm_w"])
+        k = norm(k, norm.scale(k), lp["k_norm_w"])
+    if cfg.positional == "rope":
+        q = layers.apply_rope(q, cos[absolute], sin[absolute])
+        k = layers.apply_rope(k, cos[start:], sin[start:])
+    q, k, v = site("q", q), site("k", k), site("v", v)
+    if prefix is not None:
+        k, v = (jnp.concatenate([before, now], axis=1) for before, now in zip(prefix, (k, v)))
+        queries, P = tuple(absolute.tolist()), start + P
+
+    # head-major layouts; query head h belongs to key/value group h // G (HF's repeat_kv
+    # order). The score matmuls run much faster on CPU in this layout than position-major.
+    qh = q.reshape(B, R, K, G, E).transpose(0, 2, 3, 1, 4)  # [batch, kv_head, group, pos, E]
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [batch, kv_head, pos, E]
+    if queries is not None or site.wants("scores") or site.wants("pattern"):
+        # the whole score matrix (or, for a few queries, their rows). Edits act on the
+        # unmasked scores and the causal/window mask is applied after them: `0 * -inf`
+        # would turn a patch or ablation of masked entries into NaN, and an edit must
+        # not let a query see future keys. The captured scores are masked.
+        scores = site("scores", attention_scores(qh, kh, cfg).reshape(B, -1, R, P))
+        mask = attention_mask(P, window, queries)
+        scores = jnp.where(mask, scores, -jnp.inf)
+        site.record("scores", scores)
+        pattern = site("pattern", softmax_over_keys(scores, h.dtype))
+        zh = jnp.einsum("bkgqs,bkse->bkgqe", pattern.reshape(B, K, G, R, P), vh)
+    else:  # nothing reads or edits the scores: the fast path
+        zh = causal_attention(qh, kh, vh, window, cfg, h.dtype)
+    z = zh.transpose(0, 3, 1, 2, 4).reshape(B, R, -1, E)
+    z = site("z", z)
+
+    per_head = site.wants("head_out") or site.wants("head_writes")
+    if per_head:
+        head_out = site("head_out", jnp.einsum("bphe,hed->bphd", z, lp["W_O"]))
+        attn_raw = head_out.sum(axis=2)
+    else:
+        attn_raw = jnp.einsum("bphe,hed->bpd", z, lp["W_O"])
+    bias = lp["b_O"] if cfg.use_attn_bias else jnp.zeros((cfg.d_model,), h.dtype)
+    attn_raw = attn_raw + bias
+
+    if cfg.post_attn_norm:
+        # the post-norm is linear once its scale is frozen: each head's write is the
+        # norm's linear part applied to that head's output, the bias term takes the rest
+        scale = site("ln1_post_scale", norm.scale(attn_raw))
+        attn_out = norm(attn_raw, scale, lp["ln1_post_w"], lp.get("ln1_post_b"))
+        if site.wants("head_writes") or site.wants("attn_bias_writes"):
+            site.record(
+                "head_writes", norm.linear(head_out, scale[:, :, None, :], lp["ln1_post_w"])
+            )
+            bias_write = norm(
+                jnp.broadcast_to(bias, attn_raw.shape),
+                scale,
+                lp["ln1_post_w"],
+                lp.get("ln1_post_b"),
+            )
+            site.record("attn_bias_writes", bias_write)
+    else:
+        attn_out = attn_raw
+        if site.wants("head_writes") or site.wants("attn_bias_writes"):
+            site.record("head_writes", head_out)
+            site.record("attn_bias_writes", jnp.broadcast_to(bias, attn_raw.shape))
+    return site("attn_out", attn_out)
+
+
+def _mlp(h, lp, cfg: ModelConfig, norm, site: _SiteHooks):
+    """One MLP sub-block. h [batch, pos, d_model] (already normed)."""
+    pre = jnp.einsum("bpd,dm->bpm", h, lp["W_in"])
+    if cfg.use_mlp_bias:
+        pre = pre + lp["b_in"]
+    if cfg.gated_mlp:
+        gate = site("mlp_pre", jnp.einsum("bpd,dm->bpm", h, lp["W_gate"]))
+        post = layers.activation(cfg.act_fn, gate) * site("mlp_pre_linear", pre)
+    else:
+        post = layers.activation(cfg.act_fn, site("mlp_pre", pre))
+        if cfg.act_fn == "solu":  # SoLU is followed by its own LayerNorm (Elhage et al. 2022)
+            scale = layers.norm_scale(post, centre=True, eps=cfg.norm_eps)
+            post = (
+                layers.apply_norm_linear(post, scale, lp["ln_mlp_w"], centre=True) + lp["ln_mlp_b"]
+            )
+    post = site("mlp_post", post)
+    out = jnp.einsum("bpm,md->bpd", post, lp["W_out"])
+    if cfg.use_mlp_bias:
+        out = out + lp["b_out"]
+    if cfg.post_mlp_norm:
+        scale = site("ln2_post_scale", norm.scale(out))
+        out = norm(out, scale, lp["ln2_post_w"], lp.get("ln2_post_b"))
+    return site("mlp_out", out)
+
+
+def _block(
+    resid, lp, cos, sin, window, cfg: ModelConfig, site: _SiteHooks, queries=None, prefix=None
+):
+    """One block. `queries` (static positions): compute only those positions' outputs
+    (keys and values still come from every position); `prefix`: earlier positions'
+    keys and values, resid holding the later positions only; both as `_attention`."""
+    norm = layers.Norm(cfg)
+    has_norm = cfg.normalization != "none"
+    resid = site("resid_pre", resid)
+    h = resid
+    if has_norm:
+        h = norm(resid, site("ln1_scale", norm.scale(resid)), lp["ln1_w"], lp.get("ln1_b"))
+    attn = _attention(h, lp, cos, sin, window, cfg, norm, site, queries, prefix)
+    start = 0 if prefix is None else prefix[0].shape[1]
+    resid = (resid if queries is None else resid[:, np.asarray(queries) - start]) + attn
+    if cfg.attn_only:
+        return site("resid_post", resid)
+    resid = site("resid_mid", resid)
+    h = resid
+    if has_norm:
+        h = norm(resid, site("ln2_scale", norm.scale(resid)), lp["ln2_w"], lp.get("ln2_b"))
+    return site("resid_post", resid + _mlp(h, lp, cfg, norm, site))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "capture", "readout"), inline=True)
+def run(
+    params: Params,
+    tokens,
+    cfg: ModelConfig,
+    *,
+    capture: tuple[str, ...] = (),
+    edits: tuple[Edit, ...] = (),
+    readout: tuple[int, ...] | None = None,
+):
+    """The forward pass every analysis builds on: `(logits, captured)`. Unchecked:
+    callers validate at their boundary (`check_tokens`, `check_params`,
+    `edits.check_edits`); compiled at the top level and inlined into the caller's trace
+    inside jit, vmap or grad (an analysis that jits its own function compiles one
+    program, not two).
+
+    tokens [batch, pos] (int); capture: a tuple of site names (`sites.SITES`), each
+    returned in `captured` (per-layer sites stacked `[layer, ...]`); edits: a tuple of
+    `Edit`s applied at their sites; readout: static non-negative positions, as in
+    `run_from`. Logits are `[batch, pos, vocab]`, or `[batch, len(readout), vocab]`.
+    """
+    dtype = jnp.dtype(cfg.dtype)
+    B, P = tokens.shape
+    top = _SiteHooks(capture, tuple(e for e in edits if not SITES[e.site][0]))
+    embed = jnp.take(params["W_E"], tokens, axis=0) * jnp.asarray(cfg.embed_scale, dtype)
+    resid = top("embed", embed)
+    if cfg.positional == "learned":
+        resid = resid + top("pos_embed", jnp.broadcast_to(params["W_pos"][:P], (B, P, cfg.d_model)))
+    logits, captured = run_from(
+        params, resid, cfg, layer=0, capture=capture, edits=edits, readout=readout
+    )
+    return logits, {**top.captured, **captured}
+
+
+# sites of a block computed before its queries, at every position even in a readout run
+_BEFORE_QUERIES = ("resid_pre", "ln1_scale", "k", "v")
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "layer", "capture", "readout"), inline=True)
+def run_from(
+    params: Params,
+    resid,
+    cfg: ModelConfig,
+    *,
+    layer: int,
+    capture: tuple[str, ...] = (),
+    edits: tuple[Edit, ...] = (),
+    readout: tuple[int, ...] | None = None,
+    prefix=None,
+):
+    """Blocks `layer .. n_layers - 1` and the output head, from `resid [batch, pos,
+    d_model]`, the residual stream before block `layer` (static): `(logits, captured)`.
+    Per-layer captures are stacked over the layers run. Edit selectors keep absolute
+    layer indices. Activation patching starts here at the earliest patched layer: the
+    blocks before it would only recompute the unpatched run. Unchecked and inlined as
+    `run` is.
+
+    readout: static non-negative positions. When given, only the logits there are
+    computed (`[batch, len(readout), vocab]`), and the last block computes its queries,
+    MLP and output only there (its keys and values still at every position): what a
+    metric reading a few positions needs, at a fraction of the cost (the unembedding
+    and the last block dominate small sweeps; a 256k-token vocabulary, big ones). Edits
+    of the activations computed only there act on those positions (`Edit.at_positions`).
+    A readout run that captures runs every block and the final norm at every position
+    (the captures are whole) and unembeds only the readout positions.
+
+    prefix: `(k, v)` stacked `[layer, batch, start, kv_head, d_head]` (all layers), the
+    keys and values of positions `0 .. start - 1` in an unchanged run; `resid` then holds
+    positions `start ..` only, and so do the logits (readout positions, absolute, must
+    be >= start). Causal attention makes this exact for any change at positions >=
+    start: the earlier positions' keys and values cannot see it. Activation patching
+    uses it to skip the positions before the patched one. Nothing may be captured; edits
+    act on the positions computed (`Edit.at_positions`).
+    """
+    first_layer = layer
+    start = 0 if prefix is None else prefix[0].shape[2]
+    if prefix is not None and capture:
+        raise ValueError("a run from a key/value prefix computes later positions only: no capture")
+    if prefix is not None and readout is not None and min(readout) < start:
+        raise ValueError(f"readout positions {readout} precede the prefix's end, {start}")
+    P = start + resid.shape[1]  # positions in the sequence
+    held = None if prefix is None else tuple(range(start, P))  # the positions computed
+
+    def narrowed(edit, positions):
+        return edit if positions is None else edit.at_positions(positions)
+
+    n_run = cfg.n_layers - first_layer
+    whole_last_block = readout is None or bool(capture) or not n_run
+    n_scanned = n_run if whole_last_block else n_run - 1
+    final_edits = tuple(e for e in edits if not SITES[e.site][0])
+    final_edits = tuple(narrowed(e, held if whole_last_block else readout) for e in final_edits)
+    top = _SiteHooks(capture, final_edits)
+    layer_edits = tuple(e for e in edits if SITES[e.site][0])
+    stacked: dict[str, jax.Array] = {}
+    if n_run:
+        cos, sin = layers.rope_tables(cfg, P) if cfg.positional == "rope" else (None, None)
+        windows = np.array(
+            [cfg.sliding_window if t == "local" else _NO_WINDOW for t in cfg.resolved_layer_types],
+            np.int32,
+        )
+        xs = dict(
+            lp=jax.tree_util.tree_map(lambda w: w[first_layer:], params["blocks"]),
+            layer=jnp.arange(first_layer, cfg.n_layers),
+            window=windows[first_layer:],
+        )
+        if cos is not None:
+            xs.update(cos=cos[first_layer:], sin=sin[first_layer:])
+        if prefix is not None:
+            xs.update(prefix=tuple(kv[first_layer:] for kv in prefix))
+        block_edits = tuple(narrowed(e, held) for e in layer_edits)
+
+        def run_block(resid, x, hooks, queries=None):  # x: one layer's slice of xs
+            window, prefix_kv = x["window"], x.get("prefix")
+            cos_sin = (x.get("cos"), x.get("sin"))
+            return _block(resid, x["lp"], *cos_sin, window, cfg, hooks, queries, prefix_kv)
+
+        def body(resid, x):
+            hooks = _SiteHooks(capture, block_edits, x["layer"])
+            return run_block(resid, x, hooks), hooks.captured
+
+        if n_scanned:
+            scanned = jax.tree_util.tree_map(lambda a: a[:n_scanned], xs)
+            # small stacks unroll fully (faster on CPU); large ones keep one compiled layer
+            unroll = n_scanned if n_scanned <= 4 else 1
+            resid, stacked = jax.lax.scan(body, resid, scanned, unroll=unroll)
+        if n_scanned < n_run:  # the last block, at the readout positions only
+            x = jax.tree_util.tree_map(lambda a: a[-1], xs)
+            hooks = _SiteHooks(
+                (),
+                tuple(
+                    narrowed(e, held if e.site in _BEFORE_QUERIES else readout) for e in layer_edits
+                ),
+                x["layer"],
+            )
+            resid = run_block(resid, x, hooks, readout)
+    resid = top("final_resid", resid)
+    scale = top("ln_final_scale", final_norm_scale(resid, cfg)) if has_final_norm(cfg) else None
+    h = final_norm(params, cfg, resid, scale)
+    if readout is not None and whole_last_block:
+        h = h[:, np.asarray(readout) - start]
+    logits = unembed(params, cfg, h)
+    return logits, {**top.captured, **stacked}
+
+
+# -- validation at the boundary -------------------------------------------------------------
+
+
+def check_tokens(tokens, cfg: ModelConfig) -> None:
+    """Raise a ValueError for tokens the model cannot take (before compiled code runs)."""
+    if not hasattr(tokens, "shape") or not hasattr(tokens, "dtype"):
+        raise ValueError(
+            f"tokens must be an integer array [batch, pos], got {type(tokens).__name__}"
+        )
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(
+            f"tokens must have an integer dtype, got {tokens.dtype}; cast with .astype(int)"
+        )
+    if tokens.ndim != 2:
+        raise ValueError(
+            f"tokens must have shape [batch, pos], got {tokens.ndim}-D shape {tuple(tokens.shape)}; "
+            "for one sequence use tokens[None]"
+        )
+    if tokens.shape[1] < 1:
+        raise ValueError("tokens has no positions")
+    if cfg.positional == "learned" and tokens.shape[1] > cfg.n_ctx:
+        raise ValueError(
+            f"sequence length {tokens.shape[1]} exceeds the learned positional table "
+            f"(n_ctx={cfg.n_ctx}); truncate the input to {cfg.n_ctx} tokens"
+        )
+    if not isinstance(tokens, jax.core.Tracer):
+        values = np.asarray(tokens)
+        if values.size and (values.min() < 0 or values.max() >= cfg.d_vocab):
+            bad = values[(values < 0) | (values >= cfg.d_vocab)]
+            raise ValueError(
+                f"token ids must lie in [0, {cfg.d_vocab}) (d_vocab={cfg.d_vocab}); found "
+                f"{np.unique(bad)[:10].tolist()}"
+            )
+
+
+def _prepare(params, tokens, cfg, edits):
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"cfg must be a mechjax.ModelConfig, got {type(cfg).__name__}")
+    check_tokens(tokens, cfg)
+    check_params(params, cfg)
+    edits = (edits,) if isinstance(edits, Edit) else tuple(edits or ())
+    check_edits(edits, cfg, n_pos=tokens.shape[1])
+    return jnp.asarray(tokens, jnp.int32), edits
+
+
+def forward(params: Params, tokens, cfg: ModelConfig, *, edits=()) -> jax.Array:
+    """logits [batch, pos, vocab] (after the final soft-cap, if the model has one)."""
+    tokens, edits = _prepare(params, tokens, cfg, edits)
+    return run(params, tokens, cfg, edits=edits)[0]
+
+
+def run_with_stream(params: Params, tokens, cfg: ModelConfig, *, capture="writes", edits=()):
+    """Run the model and return `(logits, Stream)`.
+
+    `capture` chooses what the stream keeps: "writes" (default; every write into the
+    residual stream, the final norm's frozen scale and the attention patterns), "all"
+    (every site of `mechjax.model.sites`), or a list of names. Per-layer values are stacked
+    with a leading `layer` axis, e.g. `stream["head_writes"] [layer, batch, pos, head,
+    d_model]`.
+    """
+    tokens, edits = _prepare(params, tokens, cfg, edits)
+    names = resolve_capture(capture, cfg)
+    # without a post-attention norm each head's write is its output: compute it once
+    same = {"head_writes": "head_out"} if not cfg.post_attn_norm else {}
+    aliases = {name: of for name, of in same.items() if name in names and of in names}
+    capture = tuple(n for n in names if n not in aliases)
+    logits, captured = run(params, tokens, cfg, capture=capture, edits=edits)
+    return logits, Stream({**captured, **{name: captured[of] for name, of in aliases.items()}})
