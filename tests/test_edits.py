@@ -1,4 +1,4 @@
-"""Interventions (`mechjax.edits`): each edit against the weight surgery or manual
+"""Interventions (`mechjax.model.edits`): each edit against the weight surgery or manual
 computation it stands for, their selectors, batching with vmap, and gradients.
 
 Definitions (METHODS.md "Interventions"): zero / mean / resample ablation, activation
@@ -330,3 +330,103 @@ def test_gradients_through_value_and_scale_match_finite_differences():
     mask = np.zeros(g.shape, bool)
     mask[1, :, 3, 1] = True
     assert (g[~mask] == 0).all() and np.abs(g[mask]).max() > 1e-4
+
+
+# -- the generic edit: act -> scale * fn(act, params) + value ---------------------------------
+
+
+def _affine(x, p):
+    return p["a"] * x + p["b"]
+
+
+def _project_out(x, u):
+    """Remove the component along the unit vector u [d_model] (a rank-one eraser)."""
+    return x - (x @ u)[..., None] * u
+
+
+def test_transform_equals_the_affine_edits_it_generalises():
+    cfg, params, tokens = _setup("gemma2_2l")
+    rng = np.random.default_rng(0)
+    vector = rng.standard_normal(cfg.d_model).astype(np.float32)
+    where = dict(layer=1, pos=jnp.array([2, 5]))
+    pairs = [
+        (E.scale("resid_pre", 0.3, **where), {"a": 0.3, "b": 0.0}),
+        (E.steer("resid_post", vector, coeff=2.0, **where), {"a": 1.0, "b": 2.0 * vector}),
+        (E.zero_ablate("z", layer=0, head=1), {"a": 0.0, "b": 0.0}),
+    ]
+    for affine, p in pairs:
+        selectors = dict(layer=affine.layer, pos=affine.pos, head=affine.head)
+        generic = E.transform(affine.site, _affine, p, **selectors)
+        want = mj.forward(params, tokens, cfg, edits=[affine])
+        _close(mj.forward(params, tokens, cfg, edits=[generic]), want)
+        assert not np.allclose(want, mj.forward(params, tokens, cfg))  # the edit does act
+
+
+def test_transform_projects_out_a_direction_exactly():
+    """Projecting u out of resid_post at every layer: the captured (edited) residual has
+    no component along u, checked in float64."""
+    cfg, params, tokens = _setup("attn2_ln_bias")
+    u = np.random.default_rng(1).standard_normal(cfg.d_model)
+    u = (u / np.linalg.norm(u)).astype(np.float32)
+    edit = E.transform("resid_post", _project_out, u)
+    _, stream = mj.run_with_stream(params, tokens, cfg, capture=["resid_post"], edits=[edit])
+    along = np.asarray(stream["resid_post"], np.float64) @ u.astype(np.float64)
+    scale = np.abs(np.asarray(stream["resid_post"])).max()
+    assert np.abs(along).max() < 1e-5 * scale
+
+
+def test_a_batch_of_transforms_vmaps_and_passes_gradients():
+    cfg, params, tokens = _setup("mlp_gelu")
+    rng = np.random.default_rng(2)
+    us = rng.standard_normal((3, cfg.d_model)).astype(np.float32)
+    us /= np.linalg.norm(us, axis=1, keepdims=True)
+
+    def last_logits(edit):
+        return mj.model.transformer.run(params, tokens, cfg, edits=(edit,))[0][:, -1]
+
+    # a batch of edits: the same function, a leading batch axis on its params only
+    edits = E.transform("resid_mid", _project_out, jnp.asarray(us), layer=0)
+    in_axes = jax.tree_util.tree_map(lambda _: None, edits).replace(params=0)
+    batched = jax.vmap(last_logits, in_axes=(in_axes,))(edits)
+    for i in range(3):
+        one = E.transform("resid_mid", _project_out, us[i], layer=0)
+        _close(batched[i], mj.forward(params, tokens, cfg, edits=[one])[:, -1])
+    # d/dv of a transform adding v equals d/dvalue of the steer adding it
+    v = jnp.asarray(rng.standard_normal(cfg.d_model), jnp.float32)
+
+    def add(x, p):
+        return x + p
+
+    def metric(edit):
+        return last_logits(edit)[:, 3].sum()
+
+    grad_transform = jax.grad(lambda p: metric(E.transform("mlp_out", add, p, layer=1)))(v)
+    grad_steer = jax.grad(lambda p: metric(E.steer("mlp_out", p, layer=1)))(v)
+    _close(grad_transform, grad_steer)
+    assert np.abs(np.asarray(grad_steer)).max() > 1e-3
+
+
+def test_transform_params_with_a_layer_axis_and_in_readout_runs():
+    cfg, params, tokens = _setup("gemma2_2l")
+    us = np.random.default_rng(3).standard_normal((cfg.n_layers, cfg.d_model))
+    us = (us / np.linalg.norm(us, axis=1, keepdims=True)).astype(np.float32)
+    stacked = E.transform("resid_post", _project_out, us, params_have_layer_axis=True)
+    one_by_one = [E.transform("resid_post", _project_out, us[i], layer=i) for i in range(2)]
+    full = mj.forward(params, tokens, cfg, edits=[stacked])
+    _close(full, mj.forward(params, tokens, cfg, edits=one_by_one))
+    # a readout run computes the last block at one position: position-wise fns agree
+    read = mj.model.transformer.run(params, tokens, cfg, edits=(stacked,), readout=(P - 1,))[0]
+    _close(read[:, 0], full[:, P - 1])
+
+
+def test_transform_refuses_bad_functions_and_params():
+    cfg, params, tokens = _setup("attn1_nonorm")
+    with pytest.raises(ValueError, match="returned shape .* must return the activation's shape"):
+        mj.forward(params, tokens, cfg, edits=[E.transform("resid_post", lambda x, p: x[..., :2])])
+    with pytest.raises(ValueError, match="needs a function"):
+        E.transform("resid_post", "not a function")
+    bad = E.transform(
+        "resid_post", _project_out, np.ones((3, cfg.d_model)), params_have_layer_axis=True
+    )
+    with pytest.raises(ValueError, match="leading layer axis of 1"):
+        mj.forward(params, tokens, cfg, edits=[bad])

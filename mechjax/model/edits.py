@@ -1,11 +1,15 @@
 """Interventions as data.
 
 An `Edit` is a pytree: a static site name plus arrays saying where (layer, position,
-head selectors) and what (`act <- scale * act + value` inside the selection). Because
-it is data, `jax.vmap` over a batch of edits runs every intervention in one compiled
-call, and `jax.grad` flows through `scale` and `value`.
+head selectors) and what. Inside the selection
 
-Every ablation, patch and steer is that one affine rule:
+    act <- scale * f(act; params) + value
+
+where `f` is the identity unless the edit carries a function (`transform`). Because an
+edit is data, `jax.vmap` over a batch of edits runs every intervention in one compiled
+call, and `jax.grad` flows through `scale`, `value` and `params`.
+
+Every ablation, patch and steer is the affine rule (`f` the identity):
 
 | builder         | scale  | value                                   |
 |-----------------|--------|-----------------------------------------|
@@ -22,11 +26,22 @@ vmap over them) or None for "all". `pos` picks the query position of `scores`/`p
 uniform attention over the allowed keys). `value` broadcasts against one layer's
 activation; when `value_has_layer_axis` it carries a leading `layer` axis (as captured
 activations do) and layer `l` uses `value[l]`.
+
+The generic edit, `transform(site, fn, params)`, replaces the selection with
+`fn(act, params)`: any pure function of one layer's activation with array parameters —
+splicing in a sparse autoencoder's reconstruction, projecting out a concept (LEACE), a
+rank-one rewrite. `fn` is static (define it once, not as a new lambda per call, or
+every call compiles anew); `params` is a pytree of arrays, traced, so a batch of edits
+with stacked params vmaps and gradients reach the params; with `params_have_layer_axis`
+every leaf carries a leading `layer` axis and layer `l` uses leaf `[l]`. `fn` must act
+on each position independently (as all of these do): runs that compute only some
+positions (readouts, key/value prefixes) hand it those positions only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +64,10 @@ class Edit:
     # the absolute positions the edited activation's `pos` axis holds, when a run
     # computes only some positions (`model.transformer.run_from`'s readout); None: all of them
     positions: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+    # the generic edit: act -> fn(act, params) before the affine rule (None: identity)
+    fn: Callable[[jax.Array, Any], jax.Array] | None = struct.field(pytree_node=False, default=None)
+    params: Any = None
+    params_have_layer_axis: bool = struct.field(pytree_node=False, default=False)
 
     # -- the rule ------------------------------------------------------------------------
     def selection(self, shape: tuple[int, ...], layer_index) -> jax.Array:
@@ -74,8 +93,23 @@ class Edit:
             value = jnp.asarray(value)[layer_index]
         if self.positions is not None:
             value = self._value_at_positions(jnp.asarray(value), act.ndim)
-        edited = jnp.asarray(self.scale, act.dtype) * act + jnp.asarray(value, act.dtype)
+        mapped = act if self.fn is None else self._mapped(act, layer_index)
+        edited = jnp.asarray(self.scale, act.dtype) * mapped + jnp.asarray(value, act.dtype)
         return jnp.where(self.selection(act.shape, layer_index), edited, act)
+
+    def _mapped(self, act: jax.Array, layer_index) -> jax.Array:
+        params = self.params
+        if self.params_have_layer_axis:
+            params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf)[layer_index], params)
+        out = self.fn(act, params)
+        if out.shape != act.shape:
+            name = getattr(self.fn, "__name__", repr(self.fn))
+            raise ValueError(
+                f"the function of a transform edit at {self.site!r} ({name}) returned shape "
+                f"{tuple(out.shape)} for an activation of shape {tuple(act.shape)}; it must "
+                "return the activation's shape"
+            )
+        return out.astype(act.dtype)
 
     def _value_at_positions(self, value: jax.Array, act_ndim: int) -> jax.Array:
         """A value laid out over every position, taken at `positions` (a value that
@@ -113,6 +147,37 @@ def _make(site, layer, pos, head, scale, value, value_has_layer_axis=False) -> E
         value=jnp.asarray(value),
         value_has_layer_axis=value_has_layer_axis,
     )
+
+
+def transform(
+    site: str,
+    fn: Callable[[jax.Array, Any], jax.Array],
+    params=None,
+    *,
+    layer=None,
+    pos=None,
+    head=None,
+    params_have_layer_axis: bool = False,
+) -> Edit:
+    """Replace the selection with `fn(act, params)`: the generic edit.
+
+    `act` is one layer's activation at `site` (`[batch, pos, ...]`, the site's axes);
+    `fn` returns the same shape and must be a pure, position-wise function. `params` is
+    any pytree of arrays (e.g. `{"W_enc": ..., "W_dec": ...}` of a sparse autoencoder,
+    or a projection matrix); with `params_have_layer_axis` each leaf has a leading
+    `layer` axis. Example, projecting a unit direction `u [d_model]` out of the
+    residual stream at layer 3:
+
+        def project_out(x, u):
+            return x - (x @ u)[..., None] * u
+
+        edit = transform("resid_post", project_out, u, layer=3)
+    """
+    if not callable(fn):
+        raise ValueError(f"transform needs a function fn(act, params), got {type(fn).__name__}")
+    edit = _make(site, layer, pos, head, 1.0, 0.0)
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return edit.replace(fn=fn, params=params, params_have_layer_axis=params_have_layer_axis)
 
 
 def zero_ablate(site: str, *, layer=None, pos=None, head=None) -> Edit:
@@ -205,6 +270,16 @@ def check_edits(edits: Sequence[Edit], cfg: ModelConfig, n_pos: int | None = Non
                     f"edits[{i}]: {name} index {values.tolist()} out of range for site "
                     f"{edit.site!r} (valid: 0..{limit - 1})"
                 )
+        if edit.params_have_layer_axis:
+            for leaf in jax.tree_util.tree_leaves(edit.params):
+                if not isinstance(leaf, jax.core.Tracer) and (
+                    np.ndim(leaf) == 0 or np.shape(leaf)[0] != cfg.n_layers
+                ):
+                    raise ValueError(
+                        f"edits[{i}]: params_have_layer_axis, but a params leaf of the "
+                        f"transform at {edit.site!r} has shape {np.shape(leaf)}; each leaf "
+                        f"needs a leading layer axis of {cfg.n_layers}"
+                    )
         if edit.value_has_layer_axis and not isinstance(edit.value, jax.core.Tracer):
             if np.ndim(edit.value) == 0 or np.shape(edit.value)[0] != cfg.n_layers:
                 raise ValueError(
