@@ -1,11 +1,15 @@
 """The `mechjax` command. Each subcommand lives in its own module of this package and
-provides `register(subparsers)`, which adds its parser and sets `func(args) -> int`."""
+provides `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
+
+Exit codes: 0 done; 2 bad input or a refused option (one line on stderr, no
+traceback); 3 training diverged; 130 interrupted (Ctrl-C; `--resume` continues)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import warnings
 
 # subcommand modules, in the order `mechjax --help` lists them
 COMMANDS = ("train", "compare", "report", "analyze")
@@ -28,7 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings reach a command-line user as one line, without source lines."""
+    return f"mechjax: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -37,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"mechjax {args.command}: error: {err}", file=sys.stderr)
+        # bad input or a refused option: one line, never a traceback
+        message = " ".join(str(err).split())
+        print(f"mechjax {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+        print(f"\nmechjax {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

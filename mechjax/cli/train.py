@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
+
+EXIT_DIVERGED = 3  # the loss or the parameters became NaN/inf
+EXIT_INTERRUPTED = 130  # Ctrl-C: a checkpoint was saved; --resume continues
 
 # shortcuts for the most used options: flag -> (section, field, type)
 SHORTCUTS = {
@@ -77,10 +81,13 @@ def resolve(args) -> dict:
     from toy_models import load_preset
 
     spec = load_preset(args.preset)
+    preset_data = spec["data"]["name"]
     for flag, (section, field, _) in SHORTCUTS.items():
         value = getattr(args, flag, None)
         if value is not None:
             spec[section][field] = value
+    if spec["data"]["name"] != preset_data:
+        _keep_options_of(spec["data"], preset_data)
     if args.seeds:
         try:
             spec["train"]["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -97,6 +104,23 @@ def resolve(args) -> dict:
             )
         spec[section][field] = _parse_value(value)
     return spec
+
+
+def _keep_options_of(data: dict, preset_data: str) -> None:
+    """Another dataset than the preset's: drop the preset's data options it does not
+    take (a note says which), so any dataset works on any preset."""
+    from mechjax.data import dataset_options
+
+    accepted = set(dataset_options(data["name"]))
+    dropped = sorted(k for k in data if k != "name" and k not in accepted)
+    for key in dropped:
+        del data[key]
+    if dropped:
+        print(
+            f"note: {data['name']!r} does not take the preset's {preset_data!r} options "
+            f"{', '.join(dropped)}; they are dropped",
+            file=sys.stderr,
+        )
 
 
 def run(args) -> int:
@@ -122,7 +146,7 @@ def run(args) -> int:
         return 0
     out = args.out or Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
-    from mechjax.train import train
+    from mechjax.train import TrainingDiverged, train
     from mechjax.views.progress import ProgressBar
     from mechjax.views.run_report import build_report, write_summary
 
@@ -131,9 +155,19 @@ def run(args) -> int:
     print(f"  run directory: {out}")
     with ProgressBar() as bar:
         on_step = None if args.no_progress else bar
-        result = train(model_cfg, train_cfg, dataset, out, resume=args.resume, on_step=on_step)
+        try:
+            result = train(model_cfg, train_cfg, dataset, out, resume=args.resume, on_step=on_step)
+        except TrainingDiverged as err:
+            bar.close()
+            print(f"mechjax train: diverged: {err}", file=sys.stderr)
+            return EXIT_DIVERGED
     if result.interrupted:
-        return 130
+        print(
+            f"mechjax train: interrupted at step {result.final_step}; a checkpoint is saved. "
+            f"Continue with `mechjax train --resume --out {out}` and the same options.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     if result.final_step == train_cfg.steps:
         for run_dir in result.run_dirs:
             write_summary(run_dir)

@@ -8,7 +8,7 @@ real-text corpora, all numpy and deterministic from a seed.
 """
 
 from .arithmetic import Arithmetic
-from .registry import DATASET_NAMES, Dataset, make_dataset
+from .registry import DATASET_NAMES, Dataset, dataset_options, make_dataset
 from .sampling import eval_rng, step_rng
 from .synthetic import RandomMarkov, RepeatedSegments, TriggerBigrams, stationary_distribution
 from .text import TextCorpus, find_text_files, stdlib_corpus, stdlib_files
@@ -25,6 +25,7 @@ __all__ = [
     "TriggerBigrams",
     "eval_rng",
     "find_text_files",
+    "dataset_options",
     "make_dataset",
     "stationary_distribution",
     "stdlib_corpus",

@@ -55,25 +55,30 @@ def make_dataset(name: str, **options) -> Dataset:
     """The dataset called `name` (one of `DATASET_NAMES`), built with `options`."""
     if not isinstance(name, str):
         raise ValueError(f"dataset name must be a string, got {type(name).__name__}")
+    _check_options(name, options, dataset_options(name))
     if name in _SYNTHETIC:
-        cls = _SYNTHETIC[name]
-        fields = [f.name for f in dataclasses.fields(cls) if f.init]
-        _check_options(name, options, fields)
-        return cls(**options)
+        return _SYNTHETIC[name](**options)
     if name == "stdlib+repeats":
         mix = {k: options.pop(k) for k in _MIXTURE_OPTIONS if k in options}
-        _check_options(name, options, _parameters(stdlib_corpus))
         return RepeatMixture(stdlib_corpus(**options), **mix)
     if name == "stdlib":
-        _check_options(name, options, _parameters(stdlib_corpus))
         return stdlib_corpus(**options)
+    path = name[len("text:") :]
+    if not path:
+        raise ValueError('"text:" needs a path, e.g. "text:data/books" or "text:notes.txt"')
+    return TextCorpus.from_paths(path, **options)
+
+
+def dataset_options(name: str) -> list[str]:
+    """The options `make_dataset(name, ...)` accepts."""
+    if name in _SYNTHETIC:
+        return [f.name for f in dataclasses.fields(_SYNTHETIC[name]) if f.init]
+    if name == "stdlib+repeats":
+        return [*_parameters(stdlib_corpus), *_MIXTURE_OPTIONS]
+    if name == "stdlib":
+        return _parameters(stdlib_corpus)
     if name.startswith("text:"):
-        path = name[len("text:") :]
-        if not path:
-            raise ValueError('"text:" needs a path, e.g. "text:data/books" or "text:notes.txt"')
-        allowed = [p for p in _parameters(TextCorpus.from_paths) if p != "paths"]
-        _check_options(name, options, allowed)
-        return TextCorpus.from_paths(path, **options)
+        return [p for p in _parameters(TextCorpus.from_paths) if p != "paths"]
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
 
 

@@ -22,6 +22,8 @@ import json
 import math
 from typing import Any
 
+from .checks import check_fields
+
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "solu")
 NORMS = ("layernorm", "rmsnorm", "none")
 POSITIONALS = ("learned", "rope", "none")
@@ -72,6 +74,7 @@ class ModelConfig:
     name: str = ""
 
     def __post_init__(self):
+        check_fields(self, "ModelConfig")
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         if self.layer_types is not None and not isinstance(self.layer_types, tuple):

@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -195,8 +196,7 @@ def train(
     }
 
     if resuming:
-        latest = checkpointing.latest_checkpoint(ckpt_root)
-        state, saved_model, saved_train = checkpointing.load_checkpoint(latest)
+        state, saved_model, saved_train = _restore_newest_good(ckpt_root)
         if saved_model != model_cfg or saved_train != train_cfg:
             raise ValueError(
                 f"cannot resume {out_dir}: its checkpoints were made with other options. "
@@ -290,14 +290,33 @@ def train(
         signal.signal(signal.SIGINT, previous_handler) if previous_handler is not None else None
 
     final_step = int(np.asarray(state.step).reshape(-1)[0])
-    if interrupted:
-        print(
-            f"\ninterrupted at step {final_step}: checkpoint saved in {ckpt_root}. Continue with "
-            f"`mechjax train --resume --out {out_dir}` (and the same options)."
-        )
-    elif finalize and final_step == train_cfg.steps:
+    if not interrupted and finalize and final_step == train_cfg.steps:
         _finalize(state, model_cfg, run_dirs, inputs)
     return RunResult(run_dirs, state, final_step, interrupted)
+
+
+def _restore_newest_good(ckpt_root: Path):
+    """The newest checkpoint that restores. A damaged one (an interrupted write the
+    rename did not protect, a disk error) is renamed `step_XXXXXXXX.damaged` — kept, not
+    deleted — with a warning, and the one before it is tried."""
+    for step in reversed(checkpointing.list_checkpoints(ckpt_root)):
+        path = checkpointing.checkpoint_dir(ckpt_root, step)
+        try:
+            return checkpointing.load_checkpoint(path)
+        except ValueError as err:
+            aside = path.with_name(path.name + ".damaged")
+            n = 1
+            while aside.exists():
+                aside, n = path.with_name(f"{path.name}.damaged{n}"), n + 1
+            os.replace(path, aside)
+            warnings.warn(
+                f"checkpoint {path.name} could not be restored ({err}); moved to "
+                f"{aside.name}, resuming from the checkpoint before it",
+                stacklevel=3,
+            )
+    raise FileNotFoundError(
+        f"cannot resume: no checkpoint under {ckpt_root} restores; start a new --out directory"
+    )
 
 
 def _all_finite(tree) -> bool:

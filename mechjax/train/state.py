@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from ..model.checks import check_fields
 from ..model.config import ModelConfig
 from ..model.losses import mean_loss
 from ..model.params import init_params
@@ -38,7 +39,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     b1: float = 0.9
     b2: float = 0.98
-    grad_clip: float = 1.0
+    grad_clip: float | None = 1.0  # None: no clipping
     seeds: tuple[int, ...] = (0,)  # one model per seed, trained together (vmap)
     data_seed: int | None = None  # None: each model's data stream uses its own seed
     n_evals: int = 60  # evaluations, log-spaced over the run (plus step 0 and the end)
@@ -47,8 +48,7 @@ class TrainConfig:
     eval_batch_size: int = 256  # fixed held-out examples: eval loss, ICL score and PCA vectors
 
     def __post_init__(self):
-        if not isinstance(self.seeds, tuple):
-            object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        check_fields(self, "TrainConfig")
         problems = []
         for name in ("steps", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
