@@ -12,13 +12,12 @@ from conftest import random_model
 
 import mechjax as mj
 from mechjax.cli import main as cli_main
-from mechjax.cli.analyze import load_any
+from mechjax.cli.analyze import load_any, write_analysis
 from mechjax.io import save_hf_gemma, save_model
 from mechjax.views.analysis_report import (
     FIGURES,
     HTML_FILE,
     JSON_FILE,
-    analyze_model,
     planned_files,
 )
 
@@ -50,14 +49,14 @@ def _check_outputs(out, cfg):
             assert encoded in page
     summary = json.loads((out / JSON_FILE).read_text())
     assert len(summary["heads"]) == cfg.n_layers * cfg.n_heads
-    assert "L0H0" in page and "ov copying" in page
+    assert "L0H0" in page and "ov eigen copying" in page
     return page, summary
 
 
 def test_two_layer_report_and_its_path_summary_adds_up(tmp_path):
     params = random_model(ATTN2, seed=0, noise=0.3)
     out = tmp_path / "analysis"
-    page_path = analyze_model(params, ATTN2, out, bos_id=19, exclude=(18,), batch=2)
+    page_path = write_analysis(params, ATTN2, out, bos_id=19, exclude=(18,), batch=2)
     assert page_path == out / HTML_FILE
     page, summary = _check_outputs(out, ATTN2)
     assert {"composition", "paths"} <= set(summary) and "skip_trigrams" not in summary
@@ -86,13 +85,13 @@ def test_two_layer_report_and_its_path_summary_adds_up(tmp_path):
     np.testing.assert_allclose(best["minus_baseline"], K[0, :, 1].max(), rtol=1e-5)
 
     # running again over its own output replaces it
-    analyze_model(params, ATTN2, out, bos_id=19, batch=2)
+    write_analysis(params, ATTN2, out, bos_id=19, batch=2)
 
 
 def test_one_layer_report_has_skip_trigrams(tmp_path):
     params = random_model(ATTN1, seed=1)
     out = tmp_path / "a1"
-    analyze_model(params, ATTN1, out, token_str=lambda i: f"t{i}", batch=2)
+    write_analysis(params, ATTN1, out, token_str=lambda i: f"t{i}", batch=2)
     page, summary = _check_outputs(out, ATTN1)
     assert (out / FIGURES["skip_trigrams"]).is_file()
     assert not (out / FIGURES["composition"]).exists() and not (out / FIGURES["paths"]).exists()
@@ -108,15 +107,15 @@ def test_foreign_files_are_never_replaced(tmp_path):
     out.mkdir()
     (out / HTML_FILE).write_text("<html>my own notes</html>")
     with pytest.raises(FileExistsError, match="not written by mechjax"):
-        analyze_model(params, ATTN1, out)
+        write_analysis(params, ATTN1, out)
     assert sorted(p.name for p in out.iterdir()) == [HTML_FILE]  # nothing else written
     assert (out / HTML_FILE).read_text() == "<html>my own notes</html>"
     (out / HTML_FILE).unlink()
     (out / FIGURES["copying"]).write_bytes(PNG_MAGIC + b"not ours")
     with pytest.raises(FileExistsError, match="copying_plane.png"):
-        analyze_model(params, ATTN1, out)
+        write_analysis(params, ATTN1, out)
     with pytest.raises(FileExistsError, match="not a directory"):
-        analyze_model(params, ATTN1, out / FIGURES["copying"])
+        write_analysis(params, ATTN1, out / FIGURES["copying"])
 
 
 def test_cli_on_a_run_directory_and_a_model_directory(tmp_path, capsys):
@@ -196,9 +195,9 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
         load_any(multi)
     with pytest.raises(ValueError, match="0-layer"):
         zero = mj.presets.attn_only(0, d_model=8, n_heads=2, d_vocab=11, n_ctx=8)
-        analyze_model(random_model(zero), zero, tmp_path / "zero")
+        write_analysis(random_model(zero), zero, tmp_path / "zero")
     with pytest.raises(ValueError, match="bos_id"):
-        analyze_model(random_model(ATTN1), ATTN1, tmp_path / "bad", bos_id=ATTN1.d_vocab)
+        write_analysis(random_model(ATTN1), ATTN1, tmp_path / "bad", bos_id=ATTN1.d_vocab)
 
 
 def test_figures_check_their_inputs_and_mask_impossible_pairs(tmp_path):

@@ -188,12 +188,12 @@ def test_accuracy_on_a_model_matches_its_argmax():
     tokens, answers = ds.prompts("all")
     predicted = np.asarray(mj.forward(params, tokens, cfg))[:, -1].argmax(-1)
     ops = np.array([p.op for p in ds.problems("all")])
-    acc = ds.accuracy(params, cfg, "all")
+    acc = ds.accuracy(greedy_next_tokens(params, tokens, cfg), "all")
     for op in OPERATIONS:
         assert acc[op] == pytest.approx(np.mean(predicted[ops == op] == answers[ops == op]))
     assert acc["overall"] == pytest.approx(np.mean(predicted == answers))
     np.testing.assert_array_equal(
         greedy_next_tokens(params, tokens, cfg, batch_size=100), predicted
     )
-    with pytest.raises(ValueError, match="d_vocab"):
-        ds.accuracy(random_model(GEMMA2), GEMMA2)
+    with pytest.raises(ValueError, match="one token per prompt"):
+        ds.accuracy(predicted[:-1], "all")

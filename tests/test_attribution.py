@@ -32,7 +32,7 @@ def test_dla_tables_sum_to_the_logits(name):
     tokens = random_tokens(cfg, 2, 6)
     logits, stream = mj.run_with_stream(params, tokens, cfg)
     answer, wrong = np.array([3, 7]), np.array([5, 1])  # one pair per example
-    table = dla(stream, params, cfg, answer, wrong)
+    table = dla(params, cfg, stream, answer, wrong)
     logits = np.asarray(logits, np.float64)
     expected = logits[np.arange(2), :, answer] - logits[np.arange(2), :, wrong]  # [batch, pos]
     np.testing.assert_allclose(table.total, expected, rtol=1e-4, atol=1e-4)
@@ -53,12 +53,12 @@ def test_dla_tables_sum_to_the_logits(name):
     direction = W_U[:, answer] - W_U[:, wrong]  # [d_model, batch]
     per_head = np.einsum("lbphd,db->lhbp", normed, direction)
     np.testing.assert_allclose(table.heads, per_head, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(head_dla(stream, params, cfg, answer, wrong),
+    np.testing.assert_allclose(head_dla(params, cfg, stream, answer, wrong),
                                per_head[..., -1].mean(-1), rtol=1e-4, atol=1e-5)  # fmt: skip
     if not cfg.attn_only:
-        np.testing.assert_allclose(mlp_dla(stream, params, cfg, answer, wrong),
+        np.testing.assert_allclose(mlp_dla(params, cfg, stream, answer, wrong),
                                    table.mlps[..., -1].mean(-1), rtol=1e-6)  # fmt: skip
-    labels, by_pos = position_dla(stream, params, cfg, answer, wrong)
+    labels, by_pos = position_dla(params, cfg, stream, answer, wrong)
     assert by_pos.shape == (len(labels), 6) and labels[-1] == "bias"
 
 
@@ -146,7 +146,7 @@ def test_bad_input():
         attention_rollout(stream)
     _, stream = mj.run_with_stream(params, tokens, cfg)
     with pytest.raises(ValueError, match="batch=2"):
-        dla(stream, params, cfg, [1, 2, 3])
+        dla(params, cfg, stream, [1, 2, 3])
     with pytest.raises(ValueError, match="no MLPs"):
         attn = SMALL_CONFIGS["attn2_ln_bias"]
-        mlp_dla(stream, random_model(attn), attn, 1)
+        mlp_dla(random_model(attn), attn, stream, 1)

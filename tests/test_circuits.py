@@ -81,17 +81,17 @@ def test_circuits_match_dense_numpy_gqa(gqa_model):
     W_E = p["W_E"] * np.sqrt(cfg.d_model)  # the model scales its embeddings
     W_U, W_pos = p["W_U"], p["W_pos"]
     tol = dict(rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(circuits.qk_circuit(params, cfg).materialize(), qk, **tol)
-    np.testing.assert_allclose(circuits.ov_circuit(params, cfg).materialize(), ov, **tol)
+    np.testing.assert_allclose(circuits.qk_circuit(params, cfg).AB, qk, **tol)
+    np.testing.assert_allclose(circuits.ov_circuit(params, cfg).AB, ov, **tol)
     full_qk = circuits.full_qk_circuit(params, cfg)
     assert full_qk.shape == (2, 4, 37, 37) and full_qk.inner_dim == cfg.d_head
-    np.testing.assert_allclose(full_qk.materialize(), W_E @ qk @ W_E.T, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(full_qk.AB, W_E @ qk @ W_E.T, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(
-        circuits.full_ov_circuit(params, cfg).materialize(), W_E @ ov @ W_U, rtol=1e-4, atol=1e-4
+        circuits.full_ov_circuit(params, cfg).AB, W_E @ ov @ W_U, rtol=1e-4, atol=1e-4
     )
-    np.testing.assert_allclose(circuits.direct_path(params, cfg).materialize(), W_E @ W_U, **tol)
+    np.testing.assert_allclose(circuits.direct_path(params, cfg).AB, W_E @ W_U, **tol)
     pos = circuits.positional_qk_circuit(params, cfg)
-    np.testing.assert_allclose(pos.materialize(), W_pos @ qk @ W_pos.T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(pos.AB, W_pos @ qk @ W_pos.T, rtol=1e-4, atol=1e-4)
 
 
 def test_eigen_copying_scores_match_dense(gqa_model):
@@ -103,17 +103,17 @@ def test_eigen_copying_scores_match_dense(gqa_model):
         [[eigen_copying(W_E @ ov[l, h] @ p["W_U"]) for h in range(4)] for l in range(2)]
     )
     ref_qk = np.array([[eigen_copying(W_E @ qk[l, h] @ W_E.T) for h in range(4)] for l in range(2)])
-    np.testing.assert_allclose(circuit_eigen.ov_copying_scores(params, cfg), ref_ov, atol=2e-5)
-    np.testing.assert_allclose(circuit_eigen.qk_copying_scores(params, cfg), ref_qk, atol=2e-5)
+    np.testing.assert_allclose(circuit_eigen.ov_eigenvalue_copying(params, cfg), ref_ov, atol=2e-5)
+    np.testing.assert_allclose(circuit_eigen.qk_eigenvalue_copying(params, cfg), ref_qk, atol=2e-5)
     # closed forms: the identity copies (+1), its negative anti-copies (-1), a rotation 0
     eye = circuits.FactoredMatrix(jnp.eye(5)[:, :3], jnp.eye(5)[:3])
-    np.testing.assert_allclose(circuit_eigen.copying_score_eigen(eye), 1.0)
-    np.testing.assert_allclose(circuit_eigen.copying_score_eigen(eye @ -jnp.eye(5)), -1.0)
+    np.testing.assert_allclose(circuit_eigen.eigenvalue_copying(eye), 1.0)
+    np.testing.assert_allclose(circuit_eigen.eigenvalue_copying(eye @ -jnp.eye(5)), -1.0)
     rot = circuits.FactoredMatrix(jnp.eye(2), jnp.array([[0.0, -1.0], [1.0, 0.0]]))
     # eigenvalues +-i of float32 unit-scale matrices: zero to a few ulp of 1
-    np.testing.assert_allclose(circuit_eigen.copying_score_eigen(rot), 0.0, atol=1e-6)
+    np.testing.assert_allclose(circuit_eigen.eigenvalue_copying(rot), 0.0, atol=1e-6)
     zero = circuits.FactoredMatrix(jnp.zeros((3, 2)), jnp.zeros((2, 3)))
-    np.testing.assert_allclose(circuit_eigen.copying_score_eigen(zero), 0.0)
+    np.testing.assert_allclose(circuit_eigen.eigenvalue_copying(zero), 0.0)
 
 
 @pytest.mark.parametrize("kind", ["Q", "K", "V"])
@@ -322,18 +322,18 @@ def tl_pair(request):
 def test_qk_ov_and_eigenvalues_match_transformer_lens(tl_pair):
     cfg, params, model = tl_pair
     np.testing.assert_allclose(
-        circuits.qk_circuit(params, cfg).materialize(),
+        circuits.qk_circuit(params, cfg).AB,
         model.QK.AB.detach().numpy(),
         rtol=1e-5,
         atol=1e-5,
     )
     np.testing.assert_allclose(
-        circuits.ov_circuit(params, cfg).materialize(),
+        circuits.ov_circuit(params, cfg).AB,
         model.OV.AB.detach().numpy(),
         rtol=1e-5,
         atol=1e-5,
     )
-    ours = np.asarray(circuits.ov_circuit(params, cfg).eigenvalues())
+    ours = np.asarray(circuits.ov_circuit(params, cfg).eigenvalues)
     theirs = model.OV.eigenvalues.detach().numpy()
     for l in range(cfg.n_layers):
         for h in range(cfg.n_heads):
@@ -341,7 +341,9 @@ def test_qk_ov_and_eigenvalues_match_transformer_lens(tl_pair):
     full = model.W_E @ model.OV @ model.W_U  # TL's FactoredMatrix
     lam = full.eigenvalues.detach().numpy()
     tl_copying = lam.sum(-1).real / np.abs(lam).sum(-1)
-    np.testing.assert_allclose(circuit_eigen.ov_copying_scores(params, cfg), tl_copying, atol=2e-5)
+    np.testing.assert_allclose(
+        circuit_eigen.ov_eigenvalue_copying(params, cfg), tl_copying, atol=2e-5
+    )
 
 
 @pytest.mark.parametrize("kind", ["Q", "K", "V"])
@@ -359,7 +361,7 @@ def test_zero_layer_model():
     assert circuits.composition_scores(params, cfg).shape == (0, 4, 0, 4)
     direct = circuits.direct_path(params, cfg)
     np.testing.assert_allclose(
-        direct.materialize(),
+        direct.AB,
         np.asarray(params["W_E"]) @ np.asarray(params["W_U"]),
         rtol=1e-5,
         atol=1e-6,

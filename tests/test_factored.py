@@ -61,13 +61,13 @@ def test_dense_views(ab):
         dense = A @ B
         assert fm.shape == dense.shape
         assert fm.ndim == dense.ndim
-        np.testing.assert_allclose(fm.materialize(), dense, atol=1e-12 * scale(A, B))
-        np.testing.assert_allclose(fm.T.materialize(), np.swapaxes(dense, -1, -2), atol=1e-12)
+        np.testing.assert_allclose(fm.AB, dense, atol=1e-12 * scale(A, B))
+        np.testing.assert_allclose(fm.T.AB, np.swapaxes(dense, -1, -2), atol=1e-12)
         np.testing.assert_allclose(
             fm.norm(), np.linalg.norm(dense, axis=(-2, -1)), rtol=1e-9, atol=1e-7 * scale(A, B)
         )
         if dense.ndim > 2:
-            np.testing.assert_allclose(fm[0].materialize(), dense[0], atol=1e-12 * scale(A, B))
+            np.testing.assert_allclose(fm[0].AB, dense[0], atol=1e-12 * scale(A, B))
 
 
 @SETTINGS
@@ -83,13 +83,13 @@ def test_products(ab, p, seed):
         X = rng.normal(size=(n, p))
         out = fm @ X
         assert isinstance(out, FactoredMatrix) and out.inner_dim == fm.inner_dim
-        np.testing.assert_allclose(out.materialize(), dense @ X, atol=tol * np.abs(X).sum())
+        np.testing.assert_allclose(out.AB, dense @ X, atol=tol * np.abs(X).sum())
         Y = rng.normal(size=(p, m))
         out = Y @ fm  # numpy on the left defers to __rmatmul__
         assert isinstance(out, FactoredMatrix)
-        np.testing.assert_allclose(out.materialize(), Y @ dense, atol=tol * np.abs(Y).sum())
+        np.testing.assert_allclose(out.AB, Y @ dense, atol=tol * np.abs(Y).sum())
         out = jnp.asarray(Y) @ fm
-        np.testing.assert_allclose(out.materialize(), Y @ dense, atol=tol * np.abs(Y).sum())
+        np.testing.assert_allclose(out.AB, Y @ dense, atol=tol * np.abs(Y).sum())
         v, w = rng.normal(size=n), rng.normal(size=m)
         np.testing.assert_allclose(fm @ v, dense @ v, atol=tol * np.abs(v).sum())
         np.testing.assert_allclose(w @ fm, w @ dense, atol=tol * np.abs(w).sum())
@@ -98,9 +98,7 @@ def test_products(ab, p, seed):
         C, D = rng.normal(size=(n, r2)), rng.normal(size=(r2, p))
         out = fm @ FactoredMatrix(jnp.asarray(C), jnp.asarray(D))
         assert out.inner_dim == min(fm.inner_dim, r2)
-        np.testing.assert_allclose(
-            out.materialize(), dense @ C @ D, atol=tol * scale(C, D) * np.sqrt(n)
-        )
+        np.testing.assert_allclose(out.AB, dense @ C @ D, atol=tol * scale(C, D) * np.sqrt(n))
 
 
 @SETTINGS
@@ -108,7 +106,7 @@ def test_products(ab, p, seed):
 def test_eigenvalues(ab):
     A, B = ab
     with jax.enable_x64(True):
-        eig = np.asarray(FactoredMatrix(jnp.asarray(A), jnp.asarray(B)).eigenvalues())
+        eig = np.asarray(FactoredMatrix(jnp.asarray(A), jnp.asarray(B)).eigenvalues)
     dense = np.linalg.eigvals(A @ B)
     m, r = A.shape[-2], A.shape[-1]
     assert eig.shape == np.broadcast_shapes(A.shape[:-2], B.shape[:-2]) + (r,)
@@ -130,7 +128,7 @@ def test_svd_and_singular_values(ab):
     with jax.enable_x64(True):
         fm = FactoredMatrix(jnp.asarray(A), jnp.asarray(B))
         U, S, Vh = (np.asarray(x) for x in fm.svd())
-        S2 = np.asarray(fm.singular_values())
+        S2 = np.asarray(fm.S)
     dense = A @ B
     m, r, n = A.shape[-2], A.shape[-1], B.shape[-1]
     k = min(m, r, n)
@@ -159,7 +157,7 @@ def test_collapses_keep_product_norms(ab, seed):
     m, n = A.shape[-2], B.shape[-1]
     with jax.enable_x64(True):
         fm = FactoredMatrix(jnp.asarray(A), jnp.asarray(B))
-        left, right = np.asarray(fm.collapse_left()), np.asarray(fm.collapse_right())
+        left, right = np.asarray(fm.collapse_l()), np.asarray(fm.collapse_r())
     dense = A @ B
     X, Y = rng.normal(size=(n, 3)), rng.normal(size=(4, m))
     tol = 1e-10 * scale(A, B) * 10
@@ -184,16 +182,16 @@ def test_rank_deficient_and_complex_eigenvalues_float32():
     B = np.zeros((3, 4), np.float32)
     B[:2, :2] = rot
     fm = FactoredMatrix(jnp.asarray(A), jnp.asarray(B))
-    eig = np.asarray(fm.eigenvalues())
+    eig = np.asarray(fm.eigenvalues)
     assert eig.dtype == np.complex64
     assert match_multisets(eig, [2j, -2j, 0]) < 1e-6
-    np.testing.assert_allclose(fm.singular_values(), [2, 2, 0], atol=1e-6)
+    np.testing.assert_allclose(fm.S, [2, 2, 0], atol=1e-6)
     np.testing.assert_allclose(fm.norm(), np.sqrt(8), rtol=1e-6)
     # r > m: B@A [5, 5] carries 2 extra zero eigenvalues
     rng = np.random.default_rng(0)
     A, B = rng.normal(size=(3, 5)), rng.normal(size=(5, 3))
     eig = np.asarray(
-        FactoredMatrix(jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)).eigenvalues()
+        FactoredMatrix(jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)).eigenvalues
     )
     want = np.concatenate([np.linalg.eigvals(A @ B), [0, 0]])
     assert match_multisets(eig, want) < 1e-4 * scale(A, B)
@@ -205,10 +203,8 @@ def test_float32_against_float64():
     fm = FactoredMatrix(jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32))
     dense = A @ B
     np.testing.assert_allclose(fm.norm(), np.linalg.norm(dense, axis=(-2, -1)), rtol=1e-5)
-    np.testing.assert_allclose(
-        fm.singular_values(), np.linalg.svd(dense, compute_uv=False)[..., :4], rtol=1e-5
-    )
-    eig = np.asarray(fm.eigenvalues()).reshape(-1, 4)
+    np.testing.assert_allclose(fm.S, np.linalg.svd(dense, compute_uv=False)[..., :4], rtol=1e-5)
+    eig = np.asarray(fm.eigenvalues).reshape(-1, 4)
     want = np.linalg.eigvals(dense).reshape(-1, 30)
     for got, ref in zip(eig, want):
         assert match_multisets(np.concatenate([got, np.zeros(26)]), ref) < 1e-4 * np.abs(ref).max()
@@ -219,15 +215,15 @@ def test_pytree_jit_and_vmap():
     fm = FactoredMatrix(
         jnp.asarray(rng.normal(size=(3, 5, 2))), jnp.asarray(rng.normal(size=(3, 2, 5)))
     )
-    dense = np.asarray(fm.materialize())
+    dense = np.asarray(fm.AB)
     np.testing.assert_allclose(
         jax.jit(lambda f: f.norm())(fm), np.linalg.norm(dense, axis=(1, 2)), rtol=1e-5
     )
-    per = jax.vmap(lambda f: f.singular_values())(fm)
+    per = jax.vmap(lambda f: f.S)(fm)
     np.testing.assert_allclose(per, np.linalg.svd(dense, compute_uv=False)[:, :2], rtol=1e-5)
     doubled = jax.tree_util.tree_map(lambda x: 2 * x, fm)
     assert isinstance(doubled, FactoredMatrix)
-    np.testing.assert_allclose(doubled.materialize(), 4 * dense, rtol=1e-5)
+    np.testing.assert_allclose(doubled.AB, 4 * dense, rtol=1e-5)
 
 
 def test_bad_factors():
@@ -238,6 +234,6 @@ def test_bad_factors():
     with pytest.raises(ValueError, match="broadcast"):
         FactoredMatrix(jnp.ones((2, 3, 2)), jnp.ones((4, 2, 3)))
     with pytest.raises(ValueError, match="square"):
-        FactoredMatrix(jnp.ones((3, 2)), jnp.ones((2, 4))).eigenvalues()
+        _ = FactoredMatrix(jnp.ones((3, 2)), jnp.ones((2, 4))).eigenvalues
     with pytest.raises(ValueError, match="leading axes"):
         FactoredMatrix(jnp.ones((3, 2)), jnp.ones((2, 4)))[0]

@@ -2,7 +2,7 @@
 `full_qk_eigenvalues`) against dense numpy float64 eig of the vocab x vocab circuits,
 and against the FactoredMatrix route they replace (tied and untied embeddings, embedding
 scale, multi-head / grouped-query / multi-query attention, vocab smaller than d_head,
-half-precision weights). TransformerLens parity of `ov_copying_scores` is in
+half-precision weights). TransformerLens parity of `ov_eigenvalue_copying` is in
 test_circuits.py."""
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ def test_copying_scores_match_dense_and_factored_route(case):
         lam = np.linalg.eigvals(m)
         return lam.sum().real / np.abs(lam).sum()
 
-    ov = np.asarray(circuit_eigen.ov_copying_scores(params, cfg))
-    qk = np.asarray(circuit_eigen.qk_copying_scores(params, cfg))
+    ov = np.asarray(circuit_eigen.ov_eigenvalue_copying(params, cfg))
+    qk = np.asarray(circuit_eigen.qk_eigenvalue_copying(params, cfg))
     ref_ov = np.array([[copying(dense[l][h][0]) for h in range(cfg.n_heads)]
                        for l in range(cfg.n_layers)])  # fmt: skip
     ref_qk = np.array([[copying(dense[l][h][1]) for h in range(cfg.n_heads)]
@@ -120,8 +120,8 @@ def test_copying_scores_match_dense_and_factored_route(case):
     np.testing.assert_allclose(ov, ref_ov, atol=2e-5, err_msg=name)
     np.testing.assert_allclose(qk, ref_qk, atol=2e-5, err_msg=name)
     # the FactoredMatrix route (eig of B A from the vocab-sized factors): the same numbers
-    factored_ov = circuit_eigen.copying_score_eigen(circuits.full_ov_circuit(params, cfg))
-    factored_qk = circuit_eigen.copying_score_eigen(circuits.full_qk_circuit(params, cfg))
+    factored_ov = circuit_eigen.eigenvalue_copying(circuits.full_ov_circuit(params, cfg))
+    factored_qk = circuit_eigen.eigenvalue_copying(circuits.full_qk_circuit(params, cfg))
     np.testing.assert_allclose(ov, factored_ov, atol=2e-5, err_msg=name)
     np.testing.assert_allclose(qk, factored_qk, atol=2e-5, err_msg=name)
 
@@ -130,7 +130,7 @@ def test_eigenvalues_equal_factored_route():
     cfg = CASES["tied_scaled_gqa"]
     params = random_model(cfg, seed=11)
     gram = np.asarray(circuit_eigen.full_ov_eigenvalues(params, cfg))
-    factored = np.asarray(circuits.full_ov_circuit(params, cfg).eigenvalues())
+    factored = np.asarray(circuits.full_ov_circuit(params, cfg).eigenvalues)
     scale = np.abs(factored).max()
     for l in range(cfg.n_layers):
         for h in range(cfg.n_heads):
@@ -170,8 +170,8 @@ def test_half_precision_weights_are_upcast():
     want = np.asarray(circuit_eigen.full_ov_eigenvalues(as_f32, cfg.replace(dtype="float32")))
     np.testing.assert_array_equal(got, want)  # the same float32 computation
     np.testing.assert_allclose(
-        circuit_eigen.qk_copying_scores(params, cfg),
-        circuit_eigen.copying_score_eigen(circuits.full_qk_circuit(as_f32, cfg)),
+        circuit_eigen.qk_eigenvalue_copying(params, cfg),
+        circuit_eigen.eigenvalue_copying(circuits.full_qk_circuit(as_f32, cfg)),
         atol=2e-5,
     )
 
@@ -185,7 +185,7 @@ def test_inside_jit_and_zero_layers():
     zero = random_model(empty)
     for fn in (circuit_eigen.full_ov_eigenvalues, circuit_eigen.full_qk_eigenvalues):
         assert fn(zero, empty).shape == (0, empty.n_heads, empty.d_head)
-    assert circuit_eigen.ov_copying_scores(zero, empty).shape == (0, empty.n_heads)
+    assert circuit_eigen.ov_eigenvalue_copying(zero, empty).shape == (0, empty.n_heads)
 
 
 def test_mismatched_params_raise():
@@ -196,7 +196,7 @@ def test_mismatched_params_raise():
         circuit_eigen.full_ov_eigenvalues(wrong, cfg)
     missing = dict(params, blocks={k: v for k, v in params["blocks"].items() if k != "W_K"})
     with pytest.raises(ValueError, match=r"full_qk_eigenvalues: .*missing blocks.W_K"):
-        circuit_eigen.qk_copying_scores(missing, cfg)
+        circuit_eigen.qk_eigenvalue_copying(missing, cfg)
     with pytest.raises(ValueError, match="W_E has shape"):
         circuit_eigen.full_ov_eigenvalues(params, cfg.replace(d_vocab=40))
 
@@ -209,8 +209,8 @@ def test_moved_names_still_importable_from_circuits():
     for name in (
         "full_ov_eigenvalues",
         "full_qk_eigenvalues",
-        "ov_copying_scores",
-        "qk_copying_scores",
-        "copying_score_eigen",
+        "ov_eigenvalue_copying",
+        "qk_eigenvalue_copying",
+        "eigenvalue_copying",
     ):
         assert getattr(mj.circuits, name) is getattr(mj.circuit_eigen, name), name

@@ -286,27 +286,53 @@ def test_copying_score_closed_forms():
     V = 7
     cfg, params = _copy_setup(V)
     copying = jax.jit(heads.copying_scores, static_argnums=1)  # one compile, not one per op
-    tokens = np.array([[0, 3, 5, 2, 6]])
+    tokens = np.array([[0, 3, 5, 2, 6]])  # the sample's tokens S = {0, 2, 3, 5, 6}
     P = tokens.shape[1]
     prev = np.eye(P, k=-1)
     prev[0, 0] = 1.0
     attended = tokens[0, np.argmax(prev, axis=1)]
     copy = np.eye(V)[attended]  # the write raises exactly the attended token
     score = copying(params, cfg, _stream(prev, copy), tokens)
-    np.testing.assert_allclose(score, [[1.0]], rtol=1e-6)  # f = 0.5 -> +1
+    np.testing.assert_allclose(score, [[1.0]], rtol=1e-6)  # all of the raise: f = 1
     score = copying(params, cfg, _stream(prev, -copy), tokens)
     np.testing.assert_allclose(score, [[-1.0]], rtol=1e-6)  # lowered: ReLU gives 0 -> -1
-    # raising one *other* token: r[attended] = -1/V -> 0 after ReLU
-    other = np.eye(V)[(attended + 1) % V]
-    score = copying(params, cfg, _stream(prev, other), tokens)
-    np.testing.assert_allclose(score, [[-1.0]], rtol=1e-6)
-    # raising the attended token by 1 and another by 1: r_att = 1 - 2/V, sum |r| = 4 - 8/V,
-    # so f = 1/4 and the score is 0
-    score = copying(params, cfg, _stream(prev, copy + other), tokens)
-    np.testing.assert_allclose(score, [[0.0]], atol=1e-6)
+    # raising one *other* token, once inside the sample (f = 0) and once outside it
+    # (nothing in S is raised: f = 0 by definition)
+    for other_id in (6, 4):
+        other = np.eye(V)[np.full(P, other_id)]
+        score = copying(params, cfg, _stream(prev, other), tokens)
+        np.testing.assert_allclose(score, [[-1.0]], rtol=1e-6)
+    # raising the attended token and another by 1 each: both get 1 - 2/V after the mean;
+    # f = 1/2 (score 0) where the other is in S, f = 1 (score 1) where it is not
+    other_ids = (attended + 1) % V  # queries 1..4: 1, 4, 6, 3
+    score = copying(params, cfg, _stream(prev, copy + np.eye(V)[other_ids]), tokens)
+    in_sample = np.isin(other_ids[1:], tokens[0])
+    np.testing.assert_allclose(score, [[np.mean(np.where(in_sample, 0.0, 1.0))]], atol=1e-6)
     # a zero write scores -1 by definition
     score = copying(params, cfg, _stream(prev, 0 * copy), tokens)
     np.testing.assert_allclose(score, [[-1.0]])
+
+
+def test_copying_score_of_an_unrelated_head_is_its_chance_level():
+    """A head whose logit effect is random, whatever it attends to, gives the attended
+    token a 1/n share of the raise among the n distinct tokens of the sequence in
+    expectation: score 2/n - 1."""
+    V, P, B = 64, 26, 48
+    cfg, params = _copy_setup(V)
+    rng = np.random.default_rng(0)
+    tokens = np.stack([rng.permutation(V)[:P] for _ in range(B)])  # n = P distinct
+    prev = np.eye(P, k=-1)
+    prev[0, 0] = 1.0
+    stream = mj.Stream(
+        {
+            "pattern": jnp.broadcast_to(jnp.asarray(prev, jnp.float32), (1, B, 1, P, P)),
+            "z": jnp.asarray(rng.standard_normal((1, B, P, 1, V)), jnp.float32),
+        }
+    )
+    score = float(heads.copying_scores(params, cfg, stream, tokens)[0, 0])
+    chance = 2 / P - 1  # -0.923
+    # standard error of the mean of 48 * 25 shares, each about 1/26 +- 1/26
+    assert abs(score - chance) < 0.02, (score, chance)
 
 
 # -- against TransformerLens --------------------------------------------------------------------------
@@ -420,12 +446,12 @@ def test_copying_scores_against_transformer_lens_head_results(tl_setup):
         for h in range(H):
             vals = []
             for b in range(tokens.shape[0]):
+                sample = np.unique(tokens[b])  # the distinct tokens of this sequence
                 for q in range(1, tokens.shape[1]):
-                    r = logits[l, h, b, q] - logits[l, h, b, q].mean()
-                    raised = sum(
-                        patterns[l, b, h, q, k] * max(r[tokens[b, k]], 0.0) for k in range(q + 1)
-                    )
-                    vals.append(4 * raised / np.abs(r).sum() - 1)
+                    u = np.maximum(logits[l, h, b, q] - logits[l, h, b, q].mean(), 0.0)
+                    raised = sum(patterns[l, b, h, q, k] * u[tokens[b, k]] for k in range(q + 1))
+                    total = u[sample].sum()  # 0: nothing in the sample raised, f = 0
+                    vals.append(2 * raised / total - 1 if total > 0 else -1.0)
             ref[l, h] = np.mean(vals)
     _, stream = mj.run_with_stream(params, tokens, cfg, capture="all")
     ours = heads.copying_scores(params, cfg, stream, tokens)
@@ -456,7 +482,7 @@ def test_detect_heads_one_call_matches_parts(tl_setup):
     # the jitted core computes any subset of the scores, each as in the full call
     for names in (("prefix_matching",), ("induction", "previous_token", "copying")):
         subset = heads.head_scores(
-            params, jnp.asarray(tokens), cfg, seg_len=6, n_repeats=4, has_bos=True, names=names
+            params, cfg, jnp.asarray(tokens), seg_len=6, n_repeats=4, has_bos=True, names=names
         )
         assert set(subset) == set(names)
         for name in names:

@@ -170,3 +170,10 @@ def test_a_planted_private_import_is_caught():
     assert not private_imports(path, source)
     assert private_imports(path, "from ..model.transformer import _block\n" + source)
     assert private_imports(path, source + "\nx = sweep._check\n")
+
+
+def test_the_run_format_records_scores_the_detectors_compute():
+    from mechjax.activations.heads import SCORE_NAMES
+    from mechjax.io.runs import HEAD_SCORES
+
+    assert set(HEAD_SCORES) <= set(SCORE_NAMES)

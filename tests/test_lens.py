@@ -13,17 +13,16 @@ import pytest
 from conftest import SMALL_CONFIGS, random_model, random_tokens
 
 import mechjax as mj
-from mechjax.activations.lens import (
+from mechjax.activations.lens import logit_lens, top_tokens
+from mechjax.activations.tuned_lens import (
     TunedLens,
     apply_tuned_lens,
     load_tuned_lens,
-    logit_lens,
-    plot_logit_lens,
     save_tuned_lens,
-    top_tokens,
     train_tuned_lens,
     tuned_lens_kl,
 )
+from mechjax.views.lens import plot_logit_lens
 
 CASES = ["attn0", "attn2_ln_bias", "mlp_gelu", "gemma2_gqa"]
 
@@ -93,7 +92,7 @@ def test_tuned_lens_identity_last_entry_and_training(tmp_path):
     tokens = random_tokens(cfg, 4, 8, seed=5)
     logits, stream = mj.run_with_stream(params, tokens, cfg)
     identity = TunedLens.identity(cfg)
-    np.testing.assert_allclose(apply_tuned_lens(identity, params, cfg, stream),
+    np.testing.assert_allclose(apply_tuned_lens(params, cfg, identity, stream),
                                logit_lens(params, cfg, stream), rtol=1e-6, atol=1e-6)  # fmt: skip
 
     rng = np.random.default_rng(0)
@@ -103,8 +102,8 @@ def test_tuned_lens_identity_last_entry_and_training(tmp_path):
     np.testing.assert_allclose(trained.apply(params, cfg, stream)[-1], logits, rtol=1e-5,
                                atol=1e-5)  # fmt: skip
     held_out = rng.integers(0, cfg.d_vocab, size=(8, 8))
-    before = np.asarray(tuned_lens_kl(identity, params, cfg, held_out))
-    after = np.asarray(tuned_lens_kl(trained, params, cfg, held_out))
+    before = np.asarray(tuned_lens_kl(params, cfg, identity, held_out))
+    after = np.asarray(tuned_lens_kl(params, cfg, trained, held_out))
     assert before[-1] == pytest.approx(0.0, abs=1e-5) and after[-1] == pytest.approx(0, abs=1e-5)
     assert (after[:-1] < 0.8 * before[:-1]).all(), (before, after)
 

@@ -149,7 +149,7 @@ def _case(name: str):
     cfg = CONFIGS[name]
     params = random_model(cfg, seed=1, noise=0.3)
     tokens = random_tokens(cfg, batch=2, n_pos=8, seed=2)
-    return params, tokens, path_decomposition(params, tokens, cfg)
+    return params, tokens, path_decomposition(params, cfg, tokens)
 
 
 def _close(ours, ref, rtol=2e-4):
@@ -200,7 +200,7 @@ def test_virtual_head_is_pattern_product_times_ov_product():
 def test_split_positional_parts_add_up():
     cfg = CONFIGS["layernorm_bias"]
     params, tokens, merged = _case("layernorm_bias")
-    split = path_decomposition(params, tokens, cfg, split_positional=True)
+    split = path_decomposition(params, cfg, tokens, split_positional=True)
     for label, kind in zip(merged.labels, merged.kinds):
         if kind == "bias":
             _close(split[label], merged[label], rtol=1e-5)
@@ -215,11 +215,11 @@ def test_logit_direction_modes_match_full_logits():
     ids = np.roll(tokens, -1, axis=1)
     other = (ids + 5) % cfg.d_vocab
     pick = lambda v, i: np.take_along_axis(v, i[None, :, :, None], -1)[..., 0]  # noqa: E731
-    one = path_decomposition(params, tokens, cfg, token_ids=ids)
+    one = path_decomposition(params, cfg, tokens, token_ids=ids)
     _close(one.values, pick(full, ids), rtol=1e-5)
-    diff = path_decomposition(params, tokens, cfg, token_ids=ids, minus_ids=other)
+    diff = path_decomposition(params, cfg, tokens, token_ids=ids, minus_ids=other)
     _close(diff.values, pick(full, ids) - pick(full, other), rtol=1e-5)
-    centred = path_decomposition(params, tokens, cfg, token_ids=3, minus_ids="mean")
+    centred = path_decomposition(params, cfg, tokens, token_ids=3, minus_ids="mean")
     _close(centred.values, full[..., 3] - full.mean(-1), rtol=1e-5)
 
 
@@ -232,7 +232,7 @@ def test_k_composition_qk_circuit_matches_dense_product(name):
     b, G = p["blocks"], cfg.group_size
     fm = k_composition_qk_circuit(params, cfg, fold=False)
     assert fm.shape == (cfg.n_heads, cfg.n_heads, cfg.d_vocab, cfg.d_vocab)
-    dense = np.asarray(fm.materialize(), np.float64)
+    dense = np.asarray(fm.AB, np.float64)
     for h1 in range(cfg.n_heads):
         for h2 in range(cfg.n_heads):
             W_OV = b["W_V"][0, h1 // G] @ b["W_O"][0, h1]
@@ -249,26 +249,26 @@ def test_refuses_models_it_cannot_expand():
     mlp = mj.ModelConfig(d_vocab=11, d_model=8, n_layers=2, n_heads=2, d_head=4, n_ctx=8, d_mlp=8)
     tokens = np.zeros((1, 4), int)
     with pytest.raises(ValueError, match="attention-only"):
-        path_decomposition(random_model(mlp), tokens, mlp)
+        path_decomposition(random_model(mlp), mlp, tokens)
     three = _cfg(3)
     with pytest.raises(ValueError, match="1- and 2-layer"):
-        path_decomposition(random_model(three), tokens, three)
+        path_decomposition(random_model(three), three, tokens)
     post = CONFIGS["gemma_like"].replace(post_attn_norm=True)
     with pytest.raises(ValueError, match="post-attention"):
-        path_decomposition(random_model(post), tokens, post)
+        path_decomposition(random_model(post), post, tokens)
     rope = CONFIGS["gemma_like"]
     with pytest.raises(ValueError, match="learned positional"):
-        path_decomposition(random_model(rope), tokens, rope, split_positional=True)
+        path_decomposition(random_model(rope), rope, tokens, split_positional=True)
 
 
 def test_bad_token_ids_are_refused():
     cfg = CONFIGS["layernorm_1layer"]
     params, tokens, _ = _case("layernorm_1layer")
     with pytest.raises(ValueError, match=r"\[batch, pos\]"):
-        path_decomposition(params, tokens, cfg, token_ids=np.zeros((2, 4), int))
-    with pytest.raises(ValueError, match="outside"):
-        path_decomposition(params, tokens, cfg, token_ids=cfg.d_vocab)
+        path_decomposition(params, cfg, tokens, token_ids=np.zeros((2, 4), int))
+    with pytest.raises(ValueError, match=r"token_ids must lie in \[0, 19\)"):
+        path_decomposition(params, cfg, tokens, token_ids=cfg.d_vocab)
     with pytest.raises(ValueError, match="needs token_ids"):
-        path_decomposition(params, tokens, cfg, minus_ids=1)
+        path_decomposition(params, cfg, tokens, minus_ids=1)
     with pytest.raises(ValueError, match="'mean'"):
-        path_decomposition(params, tokens, cfg, token_ids=1, minus_ids="median")
+        path_decomposition(params, cfg, tokens, token_ids=1, minus_ids="median")

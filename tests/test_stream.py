@@ -77,7 +77,7 @@ def _attribution(cfg, stream, params, ids, minus):
     primitive would compile separately): full vocab, one token, a logit difference."""
 
     def run(s, p):
-        return tuple(mj.logit_attribution(s, p, cfg, *a)[1] for a in ((), (ids,), (ids, minus)))
+        return tuple(mj.logit_attribution(p, cfg, s, *a)[1] for a in ((), (ids,), (ids, minus)))
 
     return [np.asarray(x, np.float64) for x in jax.jit(run)(stream, params)]
 
@@ -139,7 +139,7 @@ def test_attribution_labels_and_a_direct_path():
     params = random_model(cfg, seed=3)
     tokens = random_tokens(cfg, batch=B, n_pos=P, seed=4)
     _, stream = mj.run_with_stream(params, tokens, cfg)
-    labels, contrib = mj.logit_attribution(stream, params, cfg)
+    labels, contrib = mj.logit_attribution(params, cfg, stream)
     assert labels == ["embed", "pos_embed", "bias"]
     x = np.asarray(params["W_E"], np.float64)[tokens]
     x = x - x.mean(-1, keepdims=True)
@@ -150,7 +150,7 @@ def test_attribution_labels_and_a_direct_path():
     cfg2 = SMALL_CONFIGS["attn2_ln_bias"]
     params2 = random_model(cfg2)
     _, stream2 = mj.run_with_stream(params2, tokens, cfg2)
-    labels2, contrib2 = mj.logit_attribution(stream2, params2, cfg2, token_ids=0)
+    labels2, contrib2 = mj.logit_attribution(params2, cfg2, stream2, token_ids=0)
     per_layer = [[f"L{layer}H{h}" for h in range(4)] + [f"L{layer}attn_bias"] for layer in (0, 1)]
     assert labels2 == ["embed", "pos_embed", *per_layer[0], *per_layer[1], "bias"]
     assert contrib2.shape == (len(labels2), B, P)

@@ -94,10 +94,27 @@ def test_induction_and_previous_token_heads_are_found():
     assert previous[0].max() > PREVIOUS and previous[0].sum() > 0.8, previous
 
     ind, prev = _best(induction, 1), _best(previous, 0)
-    ov = np.asarray(circuit_eigen.ov_copying_scores(params, cfg))
+    ov = np.asarray(circuit_eigen.ov_eigenvalue_copying(params, cfg))
     assert ov[1, ind] > 0, ov  # it copies the token it attends to
     composed = k_composition_qk_circuit(params, cfg)[prev, ind]
-    assert float(circuit_eigen.copying_score_eigen(composed)) > 0  # matches via the previous token
+    assert float(circuit_eigen.eigenvalue_copying(composed)) > 0  # matches via the previous token
+
+
+def test_the_copying_score_separates_the_induction_heads_from_layer_0():
+    """Olsson et al.'s copying score on the trained model: every induction head (score
+    above 0.4) copies more than any layer-0 head, and the layer-0 heads sit at the
+    chance level of an unrelated head, 2/n - 1 for n distinct tokens in the sequence."""
+    params, cfg, scores = _attn2()
+    induction, copying = scores["induction"], scores["copying"]
+    n = np.mean([len(np.unique(row)) for row in _copies()])
+    chance = 2 / n - 1
+    inductive = induction > 0.4
+    assert inductive[1].sum() >= 4 and not inductive[0].any(), induction
+    assert copying[inductive].min() > copying[0].max() + 0.05, copying
+    np.testing.assert_allclose(copying[0], chance, atol=0.03)
+    labelled = heads.head_table(scores)
+    copiers = {(r["layer"], r["head"]) for r in labelled if "copying" in r["labels"]}
+    assert copiers and all(layer == 1 for layer, _ in copiers), copiers
 
 
 def test_k_composition_from_the_previous_token_head_dominates():
@@ -157,6 +174,6 @@ def test_path_patching_previous_token_head_acts_through_induction_keys():
 def test_one_layer_model_copies_but_has_no_induction_head():
     params, cfg = _load("attn1")
     assert cfg.n_layers == 1
-    ov = np.asarray(circuit_eigen.ov_copying_scores(params, cfg))[0]
+    ov = np.asarray(circuit_eigen.ov_eigenvalue_copying(params, cfg))[0]
     assert (ov > 0).mean() > 0.5 and np.median(ov) > 0.3, ov
     assert _scores(params, cfg)["induction"].max() < 0.3

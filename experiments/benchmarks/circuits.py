@@ -160,7 +160,7 @@ def _circuits_mechjax(spec: dict) -> dict:
     # 2.2 GiB embedding, which the peak-memory column then charged to the circuits
     params = jax.device_put(params)
     calls = {
-        "ov_eig": jax.jit(lambda p: circuits.ov_circuit(p, cfg).eigenvalues()),
+        "ov_eig": jax.jit(lambda p: circuits.ov_circuit(p, cfg).eigenvalues),
         "full_eig": jax.jit(lambda p: circuit_eigen.full_ov_eigenvalues(p, cfg)),
         "k_comp": lambda p: circuits.composition_scores(p, cfg, "K"),  # jitted inside
     }

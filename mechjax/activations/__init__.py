@@ -6,6 +6,6 @@ lens         the logit lens and the tuned lens
 attribution  direct logit attribution, integrated gradients, attention rollout
 """
 
-from . import attribution, heads, lens
+from . import attribution, heads, lens, model_analysis, tuned_lens
 
-__all__ = ["attribution", "heads", "lens"]
+__all__ = ["attribution", "heads", "lens", "model_analysis", "tuned_lens"]

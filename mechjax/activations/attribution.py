@@ -63,13 +63,13 @@ def _ids(token_ids, batch: int, name: str):
     return ids
 
 
-def dla(stream: Stream, params, cfg: ModelConfig, token_ids, minus_ids=None) -> DLA:
+def dla(params, cfg: ModelConfig, stream: Stream, token_ids, minus_ids=None) -> DLA:
     """Direct logit attribution of every component to `token_ids` (int, `[batch]` or
     `[batch, pos]`), minus `minus_ids` (a logit difference) if given."""
     batch = stream["embed"].shape[0]
     token_ids = _ids(token_ids, batch, "token_ids")
     minus_ids = None if minus_ids is None else _ids(minus_ids, batch, "minus_ids")
-    labels, values = logit_attribution(stream, params, cfg, token_ids, minus_ids)
+    labels, values = logit_attribution(params, cfg, stream, token_ids, minus_ids)
     where = {label: i for i, label in enumerate(labels)}
 
     def take(names):
@@ -89,22 +89,22 @@ def dla(stream: Stream, params, cfg: ModelConfig, token_ids, minus_ids=None) -> 
     )
 
 
-def head_dla(stream, params, cfg, token_ids, minus_ids=None, *, pos: int = -1) -> jax.Array:
+def head_dla(params, cfg, stream, token_ids, minus_ids=None, *, pos: int = -1) -> jax.Array:
     """Per-head DLA `[layer, head]` at position `pos`, averaged over the batch."""
-    return dla(stream, params, cfg, token_ids, minus_ids).heads[:, :, :, pos].mean(axis=-1)
+    return dla(params, cfg, stream, token_ids, minus_ids).heads[:, :, :, pos].mean(axis=-1)
 
 
-def mlp_dla(stream, params, cfg, token_ids, minus_ids=None, *, pos: int = -1) -> jax.Array:
+def mlp_dla(params, cfg, stream, token_ids, minus_ids=None, *, pos: int = -1) -> jax.Array:
     """Per-MLP DLA `[layer]` at position `pos`, averaged over the batch."""
     if cfg.attn_only:
         raise ValueError("this model is attention-only: it has no MLPs to attribute")
-    return dla(stream, params, cfg, token_ids, minus_ids).mlps[:, :, pos].mean(axis=-1)
+    return dla(params, cfg, stream, token_ids, minus_ids).mlps[:, :, pos].mean(axis=-1)
 
 
-def position_dla(stream, params, cfg, token_ids, minus_ids=None) -> tuple[list[str], jax.Array]:
+def position_dla(params, cfg, stream, token_ids, minus_ids=None) -> tuple[list[str], jax.Array]:
     """Every component's DLA at every position, averaged over the batch:
     `(labels, [component, pos])`."""
-    table = dla(stream, params, cfg, token_ids, minus_ids)
+    table = dla(params, cfg, stream, token_ids, minus_ids)
     return table.labels, table.values.mean(axis=1)
 
 

@@ -32,25 +32,31 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model import layers
+from ..model.checks import check_config, check_tokens
 from ..model.config import ModelConfig
 from ..model.params import Params, check_params, unembedding
 from ..model.sites import capturable
 from ..model.stream import Stream
-from ..model.transformer import check_tokens, run
-from ..model.unembed import final_norm_linear, has_final_norm
+from ..model.transformer import run
+from ..model.unembed import final_norm_linear
 
+# Olsson et al. 2022's detector input: a BOS, then 25 random tokens repeated 4 times
+OLSSON_SEG_LEN = 25
+OLSSON_N_REPEATS = 4
 SCORE_NAMES = ("induction", "prefix_matching", "previous_token", "duplicate_token", "copying")
 
 # Default labelling thresholds (`head_table`). Induction 0.4 is the usual TransformerLens /
-# METHODS.md cut (chance is about 1/seg_len). The copying score lives on [-1, 1] with a
-# head that spreads its logit raise at random near -1, so 0.5 means at least 3/4 of the
-# maximal share of the raise goes to the attended tokens.
+# METHODS.md cut (chance is about 1/seg_len). The copying score lives on [-1, 1] with an
+# unrelated head at 2/n - 1 (n distinct tokens in the sequence: -0.92 for 25 tokens and
+# a BOS); -0.8 gives the attended token a tenth of the raise among the sample's tokens,
+# 2.6 times its chance share. Small models' low-rank OV circuits raise many similar
+# tokens, so a trained toy's induction heads sit near -0.7 (checkpoints/attn2), not +1.
 DEFAULT_THRESHOLDS = {
     "induction": 0.4,
     "prefix_matching": 0.4,
     "previous_token": 0.4,
     "duplicate_token": 0.4,
-    "copying": 0.5,
+    "copying": -0.8,
 }
 
 
@@ -250,7 +256,7 @@ def head_logit_effects(params: Params, cfg: ModelConfig, stream: Stream) -> jax.
     if cfg.post_attn_norm:
         W = norm.linear(W, 1.0, blocks["ln1_post_w"][:, None, None, :])
         scale = scale * stream["ln1_post_scale"][..., 0]
-    if has_final_norm(cfg):
+    if cfg.has_final_norm:
         W = final_norm_linear(params, cfg, W, 1.0)
         scale = scale * stream["ln_final_scale"][None, ..., 0]
     to_vocab = jnp.einsum("lhed,dv->lhev", W, unembedding(params).astype(jnp.float32))
@@ -259,42 +265,52 @@ def head_logit_effects(params: Params, cfg: ModelConfig, stream: Stream) -> jax.
 
 
 def copying_scores(params: Params, cfg: ModelConfig, stream: Stream, tokens) -> jax.Array:
-    """Copying score `[layer, head]` (Olsson et al. 2022), in [-1, 1].
+    """Olsson et al. 2022's copying score `[layer, head]`, in [-1, 1]: does the head's
+    direct effect raise the logit of the token it attends to?
 
-    Needs `stream` with "pattern" and what `head_logit_effects` reads ("z", and the norm
-    scales the model has) from a run on `tokens [batch, pos]`. For head h at query q:
+    Their evaluator (Methods, "head activation evaluators"): compute the head's
+    contribution to the residual stream and convert it to logits along the direct path;
+    subtract the mean logit and apply a ReLU ("to focus on where logits are raised");
+    take the ratio of the raise of the token being attended to over the raise of all
+    tokens in the sample; rescale to [-1, 1]. Here, for head h at query q of a run on
+    `tokens [batch, pos]`:
 
-    * `l_q = N(head_writes[q]) @ W_U` `[vocab]`: the head's direct effect on the logits,
-      N being the norms' linear parts with the run's frozen scales (`head_logit_effects`);
-    * `r_q = l_q - mean_v(l_q)`: the raise of each token relative to the mean raise;
-    * `f_q = sum_k pattern[q, k] * relu(r_q[tokens[k]]) / sum_v |r_q[v]|`: the (ReLU'd)
-      raise on the attended tokens, weighted by attention, as a fraction of the total
-      raise over all tokens. Because `r_q` sums to 0, `sum_v |r_q[v]| = 2 sum_v relu(r_q[v])`,
-      so `f_q` lies in [0, 0.5] (0.5: all of the raise lands on the attended token);
-    * score = mean over the batch and queries (q >= 1: the first position, usually a
-      BOS, is skipped) of `4 f_q - 1`, i.e. [0, 0.5] rescaled to [-1, 1].
+    * `l_q = N(head_writes[q]) @ W_U` `[vocab]`: the head's direct logit effect, N the
+      norms' linear parts at the run's frozen scales (`head_logit_effects`);
+    * `u_q = relu(l_q - mean_v l_q)`;
+    * `f_q = sum_k pattern[q, k] u_q[tokens[k]] / sum_{t in S} u_q[t]`, S the distinct
+      token ids of the sequence (BOS included): in [0, 1], 1 when every raise among
+      the sample's tokens lands on what the head attends to;
+    * score = mean over the batch and the queries q >= 1 (position 0, usually BOS,
+      attends only to itself) of `2 f_q - 1`; 0 when nothing in S is raised.
 
-    Reference points: a head whose logit effect is unrelated to what it attends to scores
-    about `2/vocab - 1` (near -1), not 0; a zero output scores -1; a perfect copier whose
-    attention is split equally between two different tokens scores 0 (each attended token
-    gets half of the raise), so the score also rewards sharp attention, as on the repeated
-    random tokens it is meant for. Attention to BOS counts like any other token.
-    Pre-soft-cap logits (Gemma 2) are used. The formula is our reading of Olsson et al.'s
-    prose description (as summarised in METHODS.md: mean-subtracted, ReLU'd, the raise on
-    the attended token as a fraction of the raise on all tokens, 0..0.5 rescaled to
-    [-1, 1]); their code is not public.
+    The denominator runs over the sample's tokens, not the vocabulary: over the whole
+    vocabulary a head whose OV circuit has rank d_head << vocab spreads raises over
+    thousands of ids and every head scores near -1, copier or not. The paper states the
+    ratio's range as 0..0.5 before rescaling, which its prose does not explain; we use
+    the natural 0..1 range of the ratio as defined, as replications do. Reference
+    points (tested): a perfect copier scores +1; a head that lowers what it attends to,
+    or raises only other tokens of the sample, -1; a head whose effect is unrelated to
+    what it attends to `2/n - 1` in expectation, n the number of distinct tokens in the
+    sequence (about -0.92 on Olsson's 25 random tokens and a BOS). mechjax runs it on
+    the detectors' repeated random tokens, where an induction head attends to the token
+    it should copy. Pre-soft-cap logits (Gemma 2) are used. The eigenvalue statistic of
+    a head's full OV circuit is another measure (`circuits.ov_eigenvalue_copying`).
     """
     tokens = jnp.asarray(tokens)
     pattern = stream["pattern"].astype(jnp.float32)  # [layer, batch, head, q, k]
     logits = head_logit_effects(params, cfg, stream)  # [layer, head, batch, q, vocab]
-    raise_ = logits - logits.mean(-1, keepdims=True)
-    total = jnp.abs(raise_).sum(-1)  # [layer, head, batch, q]
-    # raise of every attended (key) token at every query: r_q[tokens[b, k]]
-    index = jnp.broadcast_to(tokens[None, None, :, None, :], raise_.shape[:-1] + tokens.shape[-1:])
-    on_keys = jnp.take_along_axis(raise_, index, axis=-1)  # [layer, head, batch, q, k]
-    attended = (jnp.moveaxis(pattern, 2, 1) * jax.nn.relu(on_keys)).sum(-1)
+    raised = jax.nn.relu(logits - logits.mean(-1, keepdims=True))
+    batch = tokens.shape[0]
+    in_sample = jnp.zeros((batch, logits.shape[-1]), jnp.float32)
+    in_sample = in_sample.at[jnp.arange(batch)[:, None], tokens].set(1.0)  # [batch, vocab]
+    total = (raised * in_sample[None, None, :, None, :]).sum(-1)  # [layer, head, batch, q]
+    # the raise of every attended (key) token at every query: u_q[tokens[b, k]]
+    index = jnp.broadcast_to(tokens[None, None, :, None, :], raised.shape[:-1] + tokens.shape[-1:])
+    on_keys = jnp.take_along_axis(raised, index, axis=-1)  # [layer, head, batch, q, k]
+    attended = (jnp.moveaxis(pattern, 2, 1) * on_keys).sum(-1)
     frac = jnp.where(total > 0, attended / jnp.where(total > 0, total, 1.0), 0.0)
-    return (4.0 * frac[..., 1:] - 1.0).mean(axis=(2, 3))
+    return (2.0 * frac[..., 1:] - 1.0).mean(axis=(2, 3))
 
 
 def pattern_match_score(
@@ -355,8 +371,8 @@ def _capture_names(cfg: ModelConfig, names: tuple[str, ...]) -> tuple[str, ...]:
 @functools.partial(jax.jit, static_argnames=("cfg", "seg_len", "n_repeats", "has_bos", "names"))
 def head_scores(
     params: Params,
-    tokens,
     cfg: ModelConfig,
+    tokens,
     *,
     seg_len: int,
     n_repeats: int,
@@ -389,8 +405,8 @@ def detect_heads(
     *,
     seed: int = 0,
     batch: int = 8,
-    seg_len: int = 25,
-    n_repeats: int = 4,
+    seg_len: int = OLSSON_SEG_LEN,
+    n_repeats: int = OLSSON_N_REPEATS,
     bos_id: int | None = None,
 ) -> dict[str, np.ndarray]:
     """All head scores from one jitted forward pass: `{name: [layer, head]}` for
@@ -402,8 +418,7 @@ def detect_heads(
     `repeated_tokens(seed, batch, seg_len, cfg.d_vocab, n_repeats=n_repeats, bos_id=bos_id)`
     (Olsson et al.'s setting is the default seg_len=25, n_repeats=4, plus a BOS).
     """
-    if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"cfg must be a mechjax.ModelConfig, got {type(cfg).__name__}")
+    check_config(cfg)
     has_bos = bos_id is not None
     n_pos = int(has_bos) + n_repeats * seg_len
     if tokens is None:
@@ -430,8 +445,8 @@ def detect_heads(
         return {name: np.zeros((0, cfg.n_heads), np.float32) for name in SCORE_NAMES}
     scores = head_scores(
         params,
-        jnp.asarray(tokens, jnp.int32),
         cfg,
+        jnp.asarray(tokens, jnp.int32),
         seg_len=seg_len,
         n_repeats=n_repeats,
         has_bos=has_bos,

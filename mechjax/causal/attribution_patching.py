@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model.config import ModelConfig
-from ..model.edits import Edit
+from ..model.edits import steer
 from ..model.sites import SITES
 from ..model.transformer import run
 from . import sweep
@@ -69,15 +69,7 @@ def _attribute(params, clean, corrupted, metric, denoise, *, cfg, sites):
     other_logits, other_acts = run(params, other, cfg, capture=names)
 
     def metric_of_steering(values):
-        edits = tuple(
-            Edit(
-                site=n,
-                scale=jnp.float32(1.0),
-                value=values[n],
-                value_has_layer_axis=SITES[n][0],
-            )
-            for n in names
-        )
+        edits = tuple(steer(n, values[n], per_layer=SITES[n][0]) for n in names)
         logits, acts = run(params, base, cfg, capture=names, edits=edits)
         return metric(logits), acts
 

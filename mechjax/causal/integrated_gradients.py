@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model.config import ModelConfig
-from ..model.edits import Edit
+from ..model.edits import patch
 from ..model.transformer import run
 from . import sweep
 from .metrics import readout, resolve_metric
@@ -61,7 +61,7 @@ def _integrated_gradients(
     x = captured["embed"]
 
     def f(embedding):
-        edit = Edit(site="embed", scale=jnp.float32(0.0), value=embedding)
+        edit = patch("embed", embedding)
         return read_metric(run(params, tokens, cfg, edits=(edit,), readout=readout)[0])
 
     grad_at = jax.grad(f)

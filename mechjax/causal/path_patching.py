@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model.config import ModelConfig
-from ..model.edits import Edit
+from ..model.edits import Edit, patch
 from ..model.transformer import run
 from . import sweep
 from .metrics import readout, resolve_metric
@@ -49,7 +49,7 @@ KINDS = ("q", "k", "v")
 
 def _frozen(site: str, value: jax.Array) -> Edit:
     """Replace `site` at every layer with `value [layer, ...]`."""
-    return Edit(site=site, scale=jnp.float32(0.0), value=value, value_has_layer_axis=True)
+    return patch(site, value)
 
 
 @functools.partial(
@@ -92,17 +92,7 @@ def _path_sweep(
         _, recorded = run(params, clean, cfg, capture=kinds, edits=tuple(frozen))
         patches = []
         for (layer, kind), heads in _group(receivers).items():
-            patches.append(
-                Edit(
-                    site=kind,
-                    layer=jnp.int32(layer),
-                    pos=receiver_pos,
-                    head=jnp.asarray(heads, jnp.int32),
-                    scale=jnp.float32(0.0),
-                    value=recorded[kind],
-                    value_has_layer_axis=True,
-                )
-            )
+            patches.append(patch(kind, recorded[kind], layer=layer, pos=receiver_pos, head=heads))
         return read_metric(run(params, clean, cfg, edits=tuple(patches), readout=readout)[0])
 
     raw = sweep.map_cells(one_sender, cells, chunk_size)

@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..model.checks import check_config, check_tokens
 from ..model.config import ModelConfig
 from ..model.params import check_params
 from ..model.sites import SITES, available_sites, is_per_layer
-from ..model.transformer import check_tokens, run
+from ..model.transformer import run
 
 AXES = ("layer", "pos", "head")
 _POS_NAMES = ("pos", "query_pos")
@@ -95,8 +96,7 @@ def axis_labels(axis: str, n: int, site: str) -> list[str]:
 
 def check_model_inputs(params, cfg: ModelConfig, *token_arrays) -> tuple[jax.Array, ...]:
     """Validate the config, params and token arrays; same-shaped arrays as int32."""
-    if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"cfg must be a mechjax.ModelConfig, got {type(cfg).__name__}")
+    check_config(cfg)
     check_params(params, cfg)
     for tokens in token_arrays:
         check_tokens(tokens, cfg)

@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..model.checks import check_token_ids
 from ..model.config import ModelConfig
-from ..model.edits import Edit
+from ..model.edits import steer
 from ..model.transformer import run
 from . import sweep
 from .activation_patching import cell_patch
@@ -118,7 +119,7 @@ def _trace(params, tokens, noise, answer, *, cfg, kinds, window, chunk_size):
     noisy_tokens = jnp.tile(tokens, (n_samples, 1))
     # restored values, tiled to the noisy batch: [layer, samples * batch, pos, d_model]
     clean_acts = {s: jnp.tile(a, (1, n_samples, 1, 1)) for s, a in clean_acts.items()}
-    corrupt = Edit(site="embed", scale=jnp.float32(1.0), value=noise.astype(jnp.dtype(cfg.dtype)))
+    corrupt = steer("embed", noise.astype(jnp.dtype(cfg.dtype)))
     corrupted_prob = read_metric(
         run(params, noisy_tokens, cfg, edits=(corrupt,), readout=positions)[0]
     )
@@ -167,6 +168,37 @@ def causal_trace(
     if cfg.n_layers == 0:
         raise ValueError("causal tracing needs a model with at least one layer")
     n_batch, n_pos = tokens.shape
+    subject, kinds = _check_options(subject_pos, n_pos, n_samples, window, kinds, cfg)
+    chunk_size = sweep.check_chunk_size(chunk_size, tokens.shape[0] * tokens.shape[1])
+    if noise_std is None:
+        noise_std = noise_scale * embedding_std(params, cfg)
+    if not noise_std >= 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
+    answer = _answer_ids(params, cfg, tokens, answer)
+    if noise is None:
+        if key is None:
+            raise ValueError("give key= (a jax PRNG key) for the noise, or noise= itself")
+        noise = trace_noise(key, (n_batch, n_pos, cfg.d_model), subject, noise_std, n_samples)
+    else:
+        noise, noise_std = _given_noise(noise, subject, (n_batch, n_pos, cfg.d_model))
+    maps, clean_prob, corrupted_prob = _trace(
+        params, tokens, noise, answer, cfg=cfg, kinds=kinds, window=window, chunk_size=chunk_size
+    )
+    return TracingResult(
+        hidden=maps.get("hidden"),
+        mlp=maps.get("mlp"),
+        attn=maps.get("attn"),
+        clean_prob=float(clean_prob),
+        corrupted_prob=float(corrupted_prob),
+        answer=answer,
+        noise_std=float(noise_std),
+        window=window,
+        subject_pos=tuple(int(p) for p in subject),
+    )
+
+
+def _check_options(subject_pos, n_pos: int, n_samples, window, kinds, cfg: ModelConfig):
+    """`(subject positions [n], kinds)` checked; "mlp" dropped for attention-only models."""
     subject = np.atleast_1d(np.asarray(subject_pos))
     if (
         subject.ndim != 1
@@ -188,11 +220,12 @@ def causal_trace(
         raise ValueError(f"kinds={kinds!r}: choose from {tuple(KINDS)}")
     if cfg.attn_only:
         kinds = tuple(k for k in kinds if k != "mlp")
-    chunk_size = sweep.check_chunk_size(chunk_size, tokens.shape[0] * tokens.shape[1])
-    if noise_std is None:
-        noise_std = noise_scale * embedding_std(params, cfg)
-    if not noise_std >= 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
+    return subject, kinds
+
+
+def _answer_ids(params, cfg: ModelConfig, tokens, answer) -> jax.Array:
+    """`[batch]` answer ids: given (checked), or the clean run's argmax at the end."""
+    n_batch = tokens.shape[0]
     if answer is None:
         answer = jnp.argmax(run(params, tokens, cfg)[0][:, -1], axis=-1)
     else:
@@ -203,34 +236,19 @@ def causal_trace(
             or (ids.ndim == 1 and ids.shape[0] != n_batch)
         ):
             raise ValueError(f"answer must be an int or [batch={n_batch}] ints, got {answer!r}")
-        if ids.min() < 0 or ids.max() >= cfg.d_vocab:
-            raise ValueError(f"answer ids {ids.tolist()} outside [0, {cfg.d_vocab})")
-    answer = jnp.broadcast_to(jnp.asarray(answer, jnp.int32), (n_batch,))
-    if noise is None:
-        if key is None:
-            raise ValueError("give key= (a jax PRNG key) for the noise, or noise= itself")
-        noise = trace_noise(key, (n_batch, n_pos, cfg.d_model), subject, noise_std, n_samples)
-    else:
-        noise = jnp.asarray(noise, jnp.float32)
-        if noise.ndim != 4 or noise.shape[1:] != (n_batch, n_pos, cfg.d_model):
-            raise ValueError(
-                f"noise must be [n_samples, batch, pos, d_model] = [*, {n_batch}, {n_pos}, "
-                f"{cfg.d_model}], got {tuple(noise.shape)}"
-            )
-        mask = jnp.zeros((n_pos,)).at[jnp.asarray(subject)].set(1.0)
-        noise = (noise * mask[:, None]).reshape(-1, n_pos, cfg.d_model)
-        noise_std = float(jnp.std(noise[:, jnp.asarray(subject)]))
-    maps, clean_prob, corrupted_prob = _trace(
-        params, tokens, noise, answer, cfg=cfg, kinds=kinds, window=window, chunk_size=chunk_size
-    )
-    return TracingResult(
-        hidden=maps.get("hidden"),
-        mlp=maps.get("mlp"),
-        attn=maps.get("attn"),
-        clean_prob=float(clean_prob),
-        corrupted_prob=float(corrupted_prob),
-        answer=answer,
-        noise_std=float(noise_std),
-        window=window,
-        subject_pos=tuple(int(p) for p in subject),
-    )
+        check_token_ids(ids, cfg, f"answer ids {ids.tolist()}")
+    return jnp.broadcast_to(jnp.asarray(answer, jnp.int32), (n_batch,))
+
+
+def _given_noise(noise, subject: np.ndarray, shape: tuple[int, int, int]):
+    """A user's noise `[n_samples, batch, pos, d_model]`, kept at the subject positions
+    only and flattened to `[n_samples * batch, pos, d_model]`; and its std there."""
+    noise = jnp.asarray(noise, jnp.float32)
+    if noise.ndim != 4 or noise.shape[1:] != shape:
+        raise ValueError(
+            f"noise must be [n_samples, batch, pos, d_model] = [*, {shape[0]}, {shape[1]}, "
+            f"{shape[2]}], got {tuple(noise.shape)}"
+        )
+    mask = jnp.zeros((shape[1],)).at[jnp.asarray(subject)].set(1.0)
+    noise = (noise * mask[:, None]).reshape(-1, shape[1], shape[2])
+    return noise, float(jnp.std(noise[:, jnp.asarray(subject)]))

@@ -2,7 +2,7 @@
 
 weights        QK / OV / full / positional circuits, the direct path, norm folding,
                composition scores
-eigen          eigenvalues of the full circuits and the copying scores read off them
+eigen          eigenvalues of the full circuits and the eigenvalue copying statistics
 factored       FactoredMatrix: a low-rank product kept as its two factors
 paths          the path decomposition of a 1- or 2-layer attention-only model
 skip_trigrams  the strongest skip-trigrams of the full QK and OV circuits
@@ -10,11 +10,11 @@ skip_trigrams  the strongest skip-trigrams of the full QK and OV circuits
 
 from . import eigen, factored, paths, skip_trigrams, weights
 from .eigen import (
-    copying_score_eigen,
+    eigenvalue_copying,
     full_ov_eigenvalues,
     full_qk_eigenvalues,
-    ov_copying_scores,
-    qk_copying_scores,
+    ov_eigenvalue_copying,
+    qk_eigenvalue_copying,
 )
 from .factored import FactoredMatrix
 from .paths import PathTerms, k_composition_qk_circuit, path_decomposition
@@ -36,7 +36,7 @@ __all__ = [
     "PathTerms",
     "SkipTrigram",
     "composition_scores",
-    "copying_score_eigen",
+    "eigenvalue_copying",
     "direct_path",
     "eigen",
     "factored",
@@ -48,12 +48,12 @@ __all__ = [
     "full_qk_eigenvalues",
     "k_composition_qk_circuit",
     "ov_circuit",
-    "ov_copying_scores",
+    "ov_eigenvalue_copying",
     "path_decomposition",
     "paths",
     "positional_qk_circuit",
     "qk_circuit",
-    "qk_copying_scores",
+    "qk_eigenvalue_copying",
     "random_composition_baseline",
     "skip_trigrams",
     "weights",

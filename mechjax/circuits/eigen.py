@@ -1,9 +1,10 @@
-"""Eigenvalues of the full OV and QK circuits, and the copying scores read off them.
+"""Eigenvalues of the full OV and QK circuits, and the eigenvalue copying statistic read off them.
 
 Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits", measure whether
 a head copies by the eigenvalues lambda of its full OV circuit `W_E W_OV W_U`
-`[vocab (source), vocab (output)]`: the copying score `Re(sum(lambda)) / sum(|lambda|)`
-lies in [-1, 1] and is positive when the circuit maps most tokens to themselves. The same
+`[vocab (source), vocab (output)]`: the statistic `Re(sum(lambda)) / sum(|lambda|)`
+(`ov_eigenvalue_copying`; not Olsson et al.'s copying score, which is the head detector
+`activations.heads.copying_scores`) lies in [-1, 1] and is positive when the circuit maps most tokens to themselves. The same
 statistic on the full QK circuit `W_E W_QK W_E^T` asks whether tokens attend to copies of
 themselves (METHODS.md "Circuits"). The circuits themselves are in `mechjax.circuits`.
 
@@ -17,8 +18,8 @@ d_head]` factor is ever formed. For the QK circuit `G = W_E^T W_E` is symmetric 
 its upper triangle is computed (`upper_gram_layout`).
 
     full_ov_eigenvalues, full_qk_eigenvalues   complex [layer, head, d_head]
-    ov_copying_scores, qk_copying_scores       [layer, head]
-    copying_score_eigen                        the score of any square FactoredMatrix
+    ov_eigenvalue_copying, qk_eigenvalue_copying       [layer, head]
+    eigenvalue_copying                        the score of any square FactoredMatrix
 
 Weights are taken as stored, embedding times `cfg.embed_scale`, norms left out (call
 `mechjax.circuits.fold_norms` first). `eig` runs on the CPU only (XLA has no GPU kernel).
@@ -160,7 +161,7 @@ def _full_qk_eigenvalues(params: Params, cfg: ModelConfig) -> jax.Array:
 def full_ov_eigenvalues(params: Params, cfg: ModelConfig) -> jax.Array:
     """Eigenvalues of every head's full OV circuit `W_E W_OV W_U`: complex
     `[layer, head, d_head]`, the same numbers as
-    `mechjax.circuits.full_ov_circuit(params, cfg).eigenvalues()`.
+    `mechjax.circuits.full_ov_circuit(params, cfg).eigenvalues`.
 
     That circuit is `A B` with `A = W_E W_V [vocab, d_head]`, `B = W_O W_U [d_head, vocab]`,
     and its nonzero eigenvalues are those of `B A = W_O (W_U W_E) W_V` (see
@@ -182,7 +183,7 @@ def full_ov_eigenvalues(params: Params, cfg: ModelConfig) -> jax.Array:
 
 def full_qk_eigenvalues(params: Params, cfg: ModelConfig) -> jax.Array:
     """Eigenvalues of every head's full QK circuit `W_E W_QK W_E^T`: complex
-    `[layer, head, d_head]`, as `mechjax.circuits.full_qk_circuit(params, cfg).eigenvalues()`
+    `[layer, head, d_head]`, as `mechjax.circuits.full_qk_circuit(params, cfg).eigenvalues`
     gives them.
 
     `B A = W_K^T (W_E^T W_E) W_Q` through the symmetric Gram matrix of the (scaled)
@@ -202,23 +203,23 @@ def _copying_from_eigenvalues(eig: jax.Array) -> jax.Array:
     return jnp.where(total > 0, jnp.real(eig.sum(-1)) / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def copying_score_eigen(fm: FactoredMatrix) -> jax.Array:
+def eigenvalue_copying(fm: FactoredMatrix) -> jax.Array:
     """`Re(sum(lambda)) / sum(|lambda|)` over the eigenvalues of each square matrix in `fm`
     `[...]`, in [-1, 1] (Elhage et al. 2021): positive when the circuit maps most inputs
     to themselves (copying). 0 for the zero matrix. CPU only (`eig`)."""
     dtype = jnp.promote_types(fm.A.dtype, jnp.float32)  # eig has no bf16/fp16 kernel
-    eig = FactoredMatrix(fm.A.astype(dtype), fm.B.astype(dtype)).eigenvalues()
+    eig = FactoredMatrix(fm.A.astype(dtype), fm.B.astype(dtype)).eigenvalues
     return _copying_from_eigenvalues(eig)
 
 
-def ov_copying_scores(params: Params, cfg: ModelConfig) -> jax.Array:
-    """`copying_score_eigen` of the full OV circuit `W_E W_OV W_U`: `[layer, head]`.
+def ov_eigenvalue_copying(params: Params, cfg: ModelConfig) -> jax.Array:
+    """`eigenvalue_copying` of the full OV circuit `W_E W_OV W_U`: `[layer, head]`.
     Does the head raise the logit of the token it attends to? (From
     `full_ov_eigenvalues`: the Gram route, no vocab-sized factor.)"""
     return _copying_from_eigenvalues(full_ov_eigenvalues(params, cfg))
 
 
-def qk_copying_scores(params: Params, cfg: ModelConfig) -> jax.Array:
-    """`copying_score_eigen` of the full QK circuit `W_E W_QK W_E^T`: `[layer, head]`.
+def qk_eigenvalue_copying(params: Params, cfg: ModelConfig) -> jax.Array:
+    """`eigenvalue_copying` of the full QK circuit `W_E W_QK W_E^T`: `[layer, head]`.
     Do tokens attend to copies of themselves? (From `full_qk_eigenvalues`.)"""
     return _copying_from_eigenvalues(full_qk_eigenvalues(params, cfg))

@@ -3,8 +3,9 @@
 Circuits such as `W_E W_QK W_E^T` are vocab x vocab matrices of rank <= d_head. Kept as
 `A [..., m, r] @ B [..., r, n]` they cost O((m + n) r) memory, and everything
 interpretability asks of them reduces to r x r problems (Elhage et al. 2021, "A
-Mathematical Framework for Transformer Circuits"; the method names follow
-TransformerLens's `FactoredMatrix`, the vocabulary users know):
+Mathematical Framework for Transformer Circuits"; the names are TransformerLens's
+`FactoredMatrix`, the vocabulary users know: `AB`, `BA`, `eigenvalues`, `S`, `U`, `Vh`
+(properties), `svd()`, `norm()`, `collapse_l()`, `collapse_r()`):
 
 * eigenvalues: the nonzero eigenvalues of `A B` [m, m] are those of `B A` [r, r]
   (Sylvester's determinant identity `det(I_m - t A B) = det(I_r - t B A)`);
@@ -34,7 +35,7 @@ def _leading_shape(a, b) -> tuple[int, ...]:
 
 @struct.dataclass
 class FactoredMatrix:
-    """The matrix `A @ B`, never formed unless `materialize()` is called.
+    """The matrix `A @ B`, never formed unless `AB` is read.
 
     A `[..., m, r]`, B `[..., r, n]`; leading axes broadcast. `shape` is
     `(*leading, m, n)`.
@@ -91,7 +92,7 @@ class FactoredMatrix:
         if len(index) > len(lead) or any(i is Ellipsis for i in index):
             raise ValueError(
                 f"FactoredMatrix: index only the {len(lead)} leading axes {lead} "
-                "(no Ellipsis); materialize() first to index matrix entries"
+                "(no Ellipsis); take .AB first to index matrix entries"
             )
         a = jnp.broadcast_to(self.A, lead + self.A.shape[-2:])
         b = jnp.broadcast_to(self.B, lead + self.B.shape[-2:])
@@ -125,7 +126,8 @@ class FactoredMatrix:
         return FactoredMatrix(other @ self.A, self.B)
 
     # -- dense ----------------------------------------------------------------------------------
-    def materialize(self) -> jax.Array:
+    @property
+    def AB(self) -> jax.Array:
         """The dense matrix `A @ B` `[..., m, n]`."""
         return self.A @ self.B
 
@@ -141,6 +143,7 @@ class FactoredMatrix:
             raise ValueError(f"FactoredMatrix.{what} needs a square matrix, got shape {self.shape}")
 
     # -- spectra ----------------------------------------------------------------------------------
+    @property
     def eigenvalues(self) -> jax.Array:
         """The eigenvalues of `B @ A`, complex `[..., r]`.
 
@@ -165,9 +168,20 @@ class FactoredMatrix:
         u, s, vh = jnp.linalg.svd(core, full_matrices=False)
         return q_a @ u, s, vh @ jnp.swapaxes(q_b, -1, -2)
 
-    def singular_values(self) -> jax.Array:
+    @property
+    def S(self) -> jax.Array:
         """The k = min(m, r, n) largest singular values `[..., k]`, descending."""
         return jnp.linalg.svd(self._compress()[1], compute_uv=False)
+
+    @property
+    def U(self) -> jax.Array:
+        """The left singular vectors `[..., m, k]` of `svd()`."""
+        return self.svd()[0]
+
+    @property
+    def Vh(self) -> jax.Array:
+        """The right singular vectors `[..., k, n]` of `svd()`."""
+        return self.svd()[2]
 
     def norm(self) -> jax.Array:
         """Frobenius norm `[...]`, via `trace((A^T A)(B B^T))` (r x r Gram matrices)."""
@@ -178,13 +192,13 @@ class FactoredMatrix:
         return jnp.sqrt(jnp.maximum(squared, 0.0))
 
     # -- norm-preserving reductions (composition scores) -----------------------------------------
-    def collapse_left(self) -> jax.Array:
+    def collapse_l(self) -> jax.Array:
         """`R_A @ B` `[..., kA, n]` with `A = Q_A R_A`: dropping the orthonormal Q_A keeps
         every Frobenius norm of a product `(A @ B) @ X`, since `||Q_A Y|| = ||Y||`."""
         _, r_a = jnp.linalg.qr(self.A)
         return r_a @ self.B
 
-    def collapse_right(self) -> jax.Array:
+    def collapse_r(self) -> jax.Array:
         """`A @ R_B^T` `[..., m, kB]` with `B^T = Q_B R_B`: keeps every Frobenius norm of a
         product `X @ (A @ B)`."""
         _, r_b = jnp.linalg.qr(jnp.swapaxes(self.B, -1, -2))

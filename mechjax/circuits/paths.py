@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model import layers
+from ..model.checks import check_config, check_token_ids
 from ..model.config import ModelConfig
 from ..model.params import Params, per_query_head, unembedding
 from ..model.sites import capturable
@@ -206,8 +207,7 @@ def _decompose(params, stream: Stream, ids, minus, *, cfg, split_positional, mod
 
 def check_path_model(cfg: ModelConfig) -> None:
     """ValueError unless `cfg` is a model `path_decomposition` can expand exactly."""
-    if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"cfg must be a mechjax.ModelConfig, got {type(cfg).__name__}")
+    check_config(cfg)
     if not cfg.attn_only:
         raise ValueError(
             f"path decomposition needs an attention-only model (d_mlp=None); this one has "
@@ -235,15 +235,14 @@ def _check_ids(ids, name: str, cfg: ModelConfig, batch_pos: tuple[int, int]) -> 
             f"{name} must be an int or an array [batch, pos] = {list(batch_pos)}, "
             f"got shape {values.shape}"
         )
-    if values.min() < 0 or values.max() >= cfg.d_vocab:
-        raise ValueError(f"{name} has ids outside [0, {cfg.d_vocab}) (d_vocab={cfg.d_vocab})")
+    check_token_ids(values, cfg, name)
     return np.broadcast_to(values, batch_pos).astype(np.int32)
 
 
 def path_decomposition(
     params: Params,
-    tokens,
     cfg: ModelConfig,
+    tokens,
     *,
     token_ids=None,
     minus_ids=None,
@@ -306,9 +305,10 @@ def k_composition_qk_circuit(params: Params, cfg: ModelConfig, *, fold: bool = T
     weights first (`circuits.fold_norms`); norm scales, biases and the attention scale
     are left out, as in every circuit. Needs a model with at least 2 layers.
     """
-    if not isinstance(cfg, ModelConfig) or cfg.n_layers < 2:
+    check_config(cfg)
+    if cfg.n_layers < 2:
         raise ValueError(
-            "k_composition_qk_circuit needs a mechjax.ModelConfig with at least 2 layers "
+            "k_composition_qk_circuit needs a model with at least 2 layers "
             "(layer-0 heads write what layer-1 heads' keys read)"
         )
     if fold:

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..model.checks import check_config
 from ..model.config import ModelConfig
 from ..model.params import Params, check_params
 from .factored import FactoredMatrix
@@ -183,8 +184,7 @@ def skip_trigrams(
     never used as src, dst or out (BOS, padding, unused ids); `chunk_rows` bounds the
     rows of the OV circuit formed at once (see `top_entries`).
     """
-    if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"cfg must be a mechjax.ModelConfig, got {type(cfg).__name__}")
+    check_config(cfg)
     if cfg.n_layers != 1 or not cfg.attn_only:
         raise ValueError(
             "skip-trigrams are the exact reading of a 1-layer attention-only model; this "

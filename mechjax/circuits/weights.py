@@ -1,6 +1,6 @@
 """Circuits read off the weights: QK / OV circuits, full token and positional circuits, the
 direct path, norm folding and composition scores. The full circuits' eigenvalues and the
-copying scores read off them are in `eigen.py`; the package `mechjax.circuits` exports both.
+eigenvalue copying statistics are in `eigen.py`; the package `mechjax.circuits` exports both.
 
 Definitions from Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits"
 (see also METHODS.md "Circuits"), in mechjax's row-vector convention (`x @ W`):
@@ -265,7 +265,7 @@ def fold_norms(params: Params, cfg: ModelConfig) -> tuple[Params, ModelConfig]:
                 blocks.setdefault("b_out", jnp.zeros((cfg.n_layers, cfg.d_model), dtype))
     params["blocks"] = blocks
 
-    if cfg.final_norm:
+    if cfg.has_final_norm:
         W_U = unembedding(params)
         dtype = W_U.dtype
         W, b = _fold_reader(

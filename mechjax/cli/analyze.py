@@ -77,15 +77,13 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..views.analysis_report import analyze_model
-
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     loaded = load_any(args.model)
     bos_id = loaded.bos_id if args.bos_id is None else args.bos_id
     exclude = loaded.specials if args.all_tokens else loaded.exclude
     out = args.out or args.model / "analysis"
-    page = analyze_model(
+    page = write_analysis(
         loaded.params,
         loaded.cfg,
         out,
@@ -98,6 +96,18 @@ def main(args: argparse.Namespace) -> int:
     )
     print(page)
     return 0
+
+
+def write_analysis(params, cfg, out_dir, *, token_str=None, source: str = "", **options) -> Path:
+    """Analyse a model and write the report: refuse a directory holding files mechjax
+    did not write, then compute (`activations.model_analysis.analyze_model(params, cfg,
+    **options)`), then draw and write (`views.analysis_report`). Returns the page."""
+    from ..activations.model_analysis import analyze_model
+    from ..views.analysis_report import check_report_dir, write_analysis_report
+
+    check_report_dir(out_dir, cfg)  # nothing is computed for a refused directory
+    analysis = analyze_model(params, cfg, **options)
+    return write_analysis_report(analysis, out_dir, token_str=token_str, source=source)
 
 
 # -- finding the model ---------------------------------------------------------------------------

@@ -30,7 +30,8 @@ a pretrained model has certainly seen single-digit arithmetic in pretraining.
 
     ds = Arithmetic(n_ctx=64, holdout_every=5)
     tokens, answers = ds.prompts("test")        # [n, 5] int32, answer token ids [n]
-    ds.accuracy(params, cfg, "test")            # {"+": .., "-": .., "*": .., "/": .., "overall": ..}
+    predicted = mechjax.model.generate.greedy_next_tokens(params, tokens, cfg)
+    ds.accuracy(predicted, "test")              # {"+": .., "-": .., "*": .., "/": .., "overall": ..}
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..model.generate import greedy_next_tokens
 from .sampling import check_batch_size, check_n_batches, eval_rng, step_rng
 from .tokenizer import ByteTokenizer
 
@@ -190,17 +190,18 @@ class Arithmetic:
         answers = np.array([_TOKENIZER.encode(str(p.answer), bos=False)[0] for p in problems])
         return tokens.astype(np.int32), answers.astype(np.int32)
 
-    def accuracy(self, params, cfg, split: str = "all", *, edits=()) -> dict[str, float]:
-        """Greedy accuracy (argmax at the last position == the answer digit) per operation
-        and "overall", on the prompts of `split`, optionally under `edits`."""
-        if cfg.d_vocab < self.vocab_size:
+    def accuracy(self, predicted, split: str = "all") -> dict[str, float]:
+        """Greedy accuracy per operation and "overall" on the prompts of `split`, from the
+        model's predictions `predicted [prompt]` (token ids, in the order of
+        `prompts(split)`; e.g. `mechjax.model.generate.greedy_next_tokens`)."""
+        _, answers = self.prompts(split)
+        predicted = np.asarray(predicted)
+        if predicted.shape != answers.shape:
             raise ValueError(
-                f"the model's d_vocab={cfg.d_vocab} is smaller than the byte tokenizer's "
-                f"{self.vocab_size}; train it on this dataset (d_vocab={self.vocab_size})"
+                f"predicted has shape {predicted.shape}; split {split!r} has "
+                f"{len(answers)} prompts: predict one token per prompt of prompts(split)"
             )
-        tokens, answers = self.prompts(split)
-        correct = greedy_next_tokens(params, tokens, cfg, edits=edits) == answers
-        return accuracy_by_operation(correct, self.problems(split))
+        return accuracy_by_operation(predicted == answers, self.problems(split))
 
     # -- internals -------------------------------------------------------------------------------
     def _packed(self, rng: np.random.Generator, pool, batch_size) -> np.ndarray:

@@ -198,26 +198,8 @@ def phase_change_candidate(
     fraction = drop / final if final > 0 else float("nan")
     width = (x[end] - x[start]) / (x[-1] - x[0])
     concentration = fraction / width
-    noise = noise_level(x, y)
 
-    failed = []
-    if not final > 0:
-        failed.append(
-            f"the run ends without in-context learning (final smoothed ICL score "
-            f"{-final:+.3f} nats, not negative)"
-        )
-    if drop < opt["min_drop"]:
-        failed.append(f"ICL drop in the window {drop:.3f} < min_drop {opt['min_drop']}")
-    if drop < opt["min_snr"] * noise:
-        failed.append(f"ICL drop {drop:.3f} is under min_snr {opt['min_snr']} x noise {noise:.3f}")
-    if final > 0 and not fraction >= opt["min_fraction"]:
-        failed.append(f"only {fraction:.0%} of the final ICL score forms in the window")
-    if final > 0 and not concentration >= opt["min_concentration"]:
-        failed.append(
-            f"the change is not concentrated (concentration {concentration:.2f} < "
-            f"{opt['min_concentration']}): a slow drift, not a phase change"
-        )
-
+    failed = _icl_failures(drop, final, fraction, concentration, noise_level(x, y), opt)
     ind = _induction_summary(steps, induction, s[start], s[end], opt["smooth"])
     if induction is not None and crossing is None:
         failed.append(
@@ -245,6 +227,28 @@ def phase_change_candidate(
         **(ind or {}),
     )
     return candidate, failed
+
+
+def _icl_failures(drop, final, fraction, concentration, noise, opt) -> list[str]:
+    """The ICL criteria a window fails (see `DEFAULTS`), as sentences."""
+    failed = []
+    if not final > 0:
+        failed.append(
+            f"the run ends without in-context learning (final smoothed ICL score "
+            f"{-final:+.3f} nats, not negative)"
+        )
+    if drop < opt["min_drop"]:
+        failed.append(f"ICL drop in the window {drop:.3f} < min_drop {opt['min_drop']}")
+    if drop < opt["min_snr"] * noise:
+        failed.append(f"ICL drop {drop:.3f} is under min_snr {opt['min_snr']} x noise {noise:.3f}")
+    if final > 0 and not fraction >= opt["min_fraction"]:
+        failed.append(f"only {fraction:.0%} of the final ICL score forms in the window")
+    if final > 0 and not concentration >= opt["min_concentration"]:
+        failed.append(
+            f"the change is not concentrated (concentration {concentration:.2f} < "
+            f"{opt['min_concentration']}): a slow drift, not a phase change"
+        )
+    return failed
 
 
 def noise_level(x: np.ndarray, y: np.ndarray) -> float:

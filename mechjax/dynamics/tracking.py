@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..activations import heads
+from ..io.runs import HEAD_SCORES
 from ..model.config import ModelConfig
 from ..model.losses import token_losses
 
@@ -89,7 +90,7 @@ def make_eval_inputs(
     exclude = tuple(sorted(unseen | set(special_ids(dataset))))
 
     def repeated(n_repeats: int) -> RepeatedInput:
-        seg_len = min(25, (n_ctx - 1) // n_repeats)
+        seg_len = min(heads.OLSSON_SEG_LEN, (n_ctx - 1) // n_repeats)
         tokens = heads.repeated_tokens(
             seed,
             16,
@@ -101,7 +102,7 @@ def make_eval_inputs(
         )
         return RepeatedInput(np.asarray(tokens), seg_len, n_repeats, dataset.bos_id)
 
-    return EvalInputs(eval_tokens, pca_token_index, repeated(2), repeated(4))
+    return EvalInputs(eval_tokens, pca_token_index, repeated(2), repeated(heads.OLSSON_N_REPEATS))
 
 
 def special_ids(dataset) -> tuple[int, ...]:
@@ -139,8 +140,8 @@ class Tracker:
         def detect(params, tokens, repeated: RepeatedInput, names):
             return heads.head_scores(
                 params,
-                tokens,
                 model_cfg,
+                tokens,
                 seg_len=repeated.seg_len,
                 n_repeats=repeated.n_repeats,
                 has_bos=repeated.bos_id is not None,
@@ -178,7 +179,7 @@ class Tracker:
             "k_composition": None,
         }
         if cfg.n_layers:
-            for name in ("induction", "prefix_matching", "previous_token", "copying"):
+            for name in HEAD_SCORES:
                 record[name] = np.round(np.asarray(measured[name], float), 5).tolist()
             induction = np.asarray(measured["induction"])
             layer, head = np.unravel_index(int(np.argmax(induction)), induction.shape)

@@ -35,6 +35,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from ..model.checks import check_config
 from ..model.config import ModelConfig
 from ..model.params import Params, check_params
 
@@ -75,8 +76,7 @@ def save_model(path, params: Params, cfg: ModelConfig, *, overwrite: bool = Fals
     Raises FileExistsError if `path` exists, unless `overwrite=True` and it is a mechjax
     checkpoint; ValueError if `params` do not match `cfg`.
     """
-    if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"cfg must be a mechjax.ModelConfig, got {type(cfg).__name__}")
+    check_config(cfg)
     check_params(params, cfg)
     path = Path(path).absolute()
     if path.exists() or path.is_symlink():

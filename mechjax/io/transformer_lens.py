@@ -53,6 +53,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from ..model.checks import check_config
 from ..model.config import ModelConfig
 from ..model.params import Params, check_params, param_shapes
 from .torch_arrays import dtype_name, to_numpy, to_torch, torch_dtype
@@ -247,8 +248,7 @@ def to_transformer_lens(params: Params, cfg: ModelConfig):
     The state dict holds parameters only (not TL's `mask`/`IGNORE` buffers); load it with
     `to_hooked_transformer` or `model.load_state_dict(state_dict, strict=False)`.
     """
-    if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"cfg must be a mechjax.ModelConfig, got {type(cfg).__name__}")
+    check_config(cfg)
     check_params(params, cfg)
     tl_cfg = transformer_lens_config(cfg)
     full = _complete(params, cfg)

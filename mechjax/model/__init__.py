@@ -33,6 +33,7 @@ from .transformer import check_tokens, forward, run_with_stream
 
 __all__ = [
     "attention",
+    "checks",
     "config",
     "generate",
     "losses",

@@ -1,8 +1,12 @@
-"""Typed fields from untyped input: a config built from JSON or the command line gets a
-one-line error naming the field, before any arithmetic on a wrong type can fail deep
-inside (a string learning rate, a float layer count).
+"""Validation at the boundary, in one place: inputs get a one-line error naming the
+problem and the fix before compiled code runs (inside jit JAX would clamp an
+out-of-range token id silently).
 
-    check_fields(config, "TrainConfig")   validates and normalises in place (frozen too)
+    check_config(cfg)                     a ModelConfig, not something else
+    check_tokens(tokens, cfg)             integer [batch, pos] the model can take
+    check_token_ids(ids, cfg, name)       ids inside the vocabulary
+    check_fields(config, "TrainConfig")   typed fields from untyped input (JSON, the
+                                          command line): validates and normalises in place
 
 Accepted: `int` fields take integers (numpy's too, never bool or float); `float` fields
 take any real number (stored as float); `bool` fields take booleans; `str` fields take
@@ -16,7 +20,55 @@ import numbers
 import types
 import typing
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+
+def check_config(cfg) -> None:
+    """Raise a ValueError unless `cfg` is a `ModelConfig`."""
+    from .config import ModelConfig  # config itself uses check_fields below
+
+    if not isinstance(cfg, ModelConfig):
+        raise ValueError(f"cfg must be a mechjax.ModelConfig, got {type(cfg).__name__}")
+
+
+def check_token_ids(ids, cfg, name: str = "token ids") -> None:
+    """Raise a ValueError naming `name` unless every id lies in [0, d_vocab)."""
+    values = np.asarray(ids)
+    if values.size and (values.min() < 0 or values.max() >= cfg.d_vocab):
+        bad = values[(values < 0) | (values >= cfg.d_vocab)]
+        raise ValueError(
+            f"{name} must lie in [0, {cfg.d_vocab}) (d_vocab={cfg.d_vocab}); found "
+            f"{np.unique(bad)[:10].tolist()}"
+        )
+
+
+def check_tokens(tokens, cfg) -> None:
+    """Raise a ValueError for tokens the model cannot take (before compiled code runs)."""
+    if not hasattr(tokens, "shape") or not hasattr(tokens, "dtype"):
+        raise ValueError(
+            f"tokens must be an integer array [batch, pos], got {type(tokens).__name__}"
+        )
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(
+            f"tokens must have an integer dtype, got {tokens.dtype}; cast with .astype(int)"
+        )
+    if tokens.ndim != 2:
+        raise ValueError(
+            f"tokens must have shape [batch, pos], got {tokens.ndim}-D shape {tuple(tokens.shape)}; "
+            "for one sequence use tokens[None]"
+        )
+    if tokens.shape[1] < 1:
+        raise ValueError("tokens has no positions")
+    if cfg.positional == "learned" and tokens.shape[1] > cfg.n_ctx:
+        raise ValueError(
+            f"sequence length {tokens.shape[1]} exceeds the learned positional table "
+            f"(n_ctx={cfg.n_ctx}); truncate the input to {cfg.n_ctx} tokens"
+        )
+    if not isinstance(tokens, jax.core.Tracer):
+        check_token_ids(tokens, cfg)
+
 
 _KIND = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 

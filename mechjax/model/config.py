@@ -159,6 +159,11 @@ class ModelConfig:
     def embed_scale(self) -> float:
         return math.sqrt(self.d_model) if self.scale_embeddings else 1.0
 
+    @property
+    def has_final_norm(self) -> bool:
+        """Whether the model normalises the residual before unembedding it."""
+        return self.normalization != "none" and self.final_norm
+
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 

@@ -188,9 +188,12 @@ def scale(site: str, factor, *, layer=None, pos=None, head=None) -> Edit:
     return _make(site, layer, pos, head, factor, 0.0)
 
 
-def steer(site: str, vector, *, layer=None, pos=None, head=None, coeff=1.0) -> Edit:
-    """Add `coeff * vector` (broadcast against the activation, e.g. [d_model])."""
-    return _make(site, layer, pos, head, 1.0, coeff * jnp.asarray(vector))
+def steer(
+    site: str, vector, *, layer=None, pos=None, head=None, coeff=1.0, per_layer: bool = False
+) -> Edit:
+    """Add `coeff * vector` (broadcast against the activation, e.g. [d_model]); with
+    `per_layer`, `vector` has a leading `layer` axis and layer `l` adds `vector[l]`."""
+    return _make(site, layer, pos, head, 1.0, coeff * jnp.asarray(vector), per_layer)
 
 
 def patch(site: str, source, *, layer=None, pos=None, head=None) -> Edit:

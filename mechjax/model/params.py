@@ -49,7 +49,7 @@ def param_shapes(cfg: ModelConfig) -> dict:
         shapes["W_U"] = (D, cfg.d_vocab)
     if cfg.use_unembed_bias:
         shapes["b_U"] = (cfg.d_vocab,)
-    if has_norm and cfg.final_norm:
+    if cfg.has_final_norm:
         shapes["ln_final_w"] = (D,)
         if layernorm:
             shapes["ln_final_b"] = (D,)

@@ -69,7 +69,7 @@ def available_sites(cfg: ModelConfig) -> tuple[str, ...]:
         absent.add("pos_embed")
     if not has_norm:
         absent |= {"ln1_scale", "ln2_scale"}
-    if not (has_norm and cfg.final_norm):
+    if not cfg.has_final_norm:
         absent.add("ln_final_scale")
     if not cfg.post_attn_norm:
         absent.add("ln1_post_scale")

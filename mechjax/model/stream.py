@@ -32,7 +32,7 @@ from flax import struct
 
 from .config import ModelConfig
 from .params import Params, unembedding
-from .unembed import final_norm_linear, has_final_norm, logit_bias
+from .unembed import final_norm_linear, logit_bias
 
 
 @struct.dataclass
@@ -106,13 +106,13 @@ def apply_final_norm_linear(
     x: jax.Array, stream: Stream, params: Params, cfg: ModelConfig
 ) -> jax.Array:
     """The final norm's linear part at the run's frozen scale: x [..., batch, pos, d_model]."""
-    if not has_final_norm(cfg):
+    if not cfg.has_final_norm:
         return x
     return final_norm_linear(params, cfg, x, stream["ln_final_scale"])
 
 
 def logit_attribution(
-    stream: Stream, params: Params, cfg: ModelConfig, token_ids=None, minus_ids=None
+    params: Params, cfg: ModelConfig, stream: Stream, token_ids=None, minus_ids=None
 ) -> tuple[list[str], jax.Array]:
     """Direct logit attribution of every write.
 

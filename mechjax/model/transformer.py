@@ -20,12 +20,13 @@ import numpy as np
 
 from . import layers
 from .attention import attention_mask, attention_scores, causal_attention, softmax_over_keys
+from .checks import check_config, check_tokens
 from .config import ModelConfig
 from .edits import Edit, check_edits
 from .params import Params, check_params
 from .sites import SITES, resolve_capture
 from .stream import Stream
-from .unembed import final_norm, final_norm_scale, has_final_norm, unembed
+from .unembed import final_norm, final_norm_scale, unembed
 
 _NO_WINDOW = np.iinfo(np.int32).max
 
@@ -328,7 +329,7 @@ def run_from(
             )
             resid = run_block(resid, x, hooks, readout)
     resid = top("final_resid", resid)
-    scale = top("ln_final_scale", final_norm_scale(resid, cfg)) if has_final_norm(cfg) else None
+    scale = top("ln_final_scale", final_norm_scale(resid, cfg)) if cfg.has_final_norm else None
     h = final_norm(params, cfg, resid, scale)
     if readout is not None and whole_last_block:
         h = h[:, np.asarray(readout) - start]
@@ -339,41 +340,8 @@ def run_from(
 # -- validation at the boundary -------------------------------------------------------------
 
 
-def check_tokens(tokens, cfg: ModelConfig) -> None:
-    """Raise a ValueError for tokens the model cannot take (before compiled code runs)."""
-    if not hasattr(tokens, "shape") or not hasattr(tokens, "dtype"):
-        raise ValueError(
-            f"tokens must be an integer array [batch, pos], got {type(tokens).__name__}"
-        )
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(
-            f"tokens must have an integer dtype, got {tokens.dtype}; cast with .astype(int)"
-        )
-    if tokens.ndim != 2:
-        raise ValueError(
-            f"tokens must have shape [batch, pos], got {tokens.ndim}-D shape {tuple(tokens.shape)}; "
-            "for one sequence use tokens[None]"
-        )
-    if tokens.shape[1] < 1:
-        raise ValueError("tokens has no positions")
-    if cfg.positional == "learned" and tokens.shape[1] > cfg.n_ctx:
-        raise ValueError(
-            f"sequence length {tokens.shape[1]} exceeds the learned positional table "
-            f"(n_ctx={cfg.n_ctx}); truncate the input to {cfg.n_ctx} tokens"
-        )
-    if not isinstance(tokens, jax.core.Tracer):
-        values = np.asarray(tokens)
-        if values.size and (values.min() < 0 or values.max() >= cfg.d_vocab):
-            bad = values[(values < 0) | (values >= cfg.d_vocab)]
-            raise ValueError(
-                f"token ids must lie in [0, {cfg.d_vocab}) (d_vocab={cfg.d_vocab}); found "
-                f"{np.unique(bad)[:10].tolist()}"
-            )
-
-
 def _prepare(params, tokens, cfg, edits):
-    if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"cfg must be a mechjax.ModelConfig, got {type(cfg).__name__}")
+    check_config(cfg)
     check_tokens(tokens, cfg)
     check_params(params, cfg)
     edits = (edits,) if isinstance(edits, Edit) else tuple(edits or ())

@@ -21,11 +21,6 @@ from .config import ModelConfig
 from .params import Params, unembedding
 
 
-def has_final_norm(cfg: ModelConfig) -> bool:
-    """Whether the model normalises the residual before unembedding it."""
-    return cfg.normalization != "none" and cfg.final_norm
-
-
 def final_norm_scale(resid: jax.Array, cfg: ModelConfig) -> jax.Array:
     """The final norm's scale of `resid [..., d_model]`: `[..., 1]` (float32)."""
     return layers.Norm(cfg).scale(resid)
@@ -34,7 +29,7 @@ def final_norm_scale(resid: jax.Array, cfg: ModelConfig) -> jax.Array:
 def final_norm(params: Params, cfg: ModelConfig, resid: jax.Array, scale=None) -> jax.Array:
     """The final norm of `resid [..., d_model]` (identity for models without one), with
     `scale [..., 1]` frozen when given, else computed from `resid` itself."""
-    if not has_final_norm(cfg):
+    if not cfg.has_final_norm:
         return resid
     norm = layers.Norm(cfg)
     scale = norm.scale(resid) if scale is None else scale
@@ -43,7 +38,7 @@ def final_norm(params: Params, cfg: ModelConfig, resid: jax.Array, scale=None) -
 
 def final_norm_linear(params: Params, cfg: ModelConfig, x: jax.Array, scale) -> jax.Array:
     """The final norm's linear part at a frozen `scale` (no bias): x [..., d_model]."""
-    if not has_final_norm(cfg):
+    if not cfg.has_final_norm:
         return x
     return layers.Norm(cfg).linear(x, scale, params["ln_final_w"])
 

@@ -172,48 +172,9 @@ def train(
     model (`final_model/`) and its best induction head's pattern.
     """
     out_dir = Path(out_dir)
-    if dataset.vocab_size != model_cfg.d_vocab:
-        raise ValueError(
-            f"the dataset has {dataset.vocab_size} token ids but the model's d_vocab is "
-            f"{model_cfg.d_vocab}; set d_vocab={dataset.vocab_size}"
-        )
-    if model_cfg.positional == "learned" and dataset.n_ctx > model_cfg.n_ctx:
-        raise ValueError(
-            f"the dataset's context ({dataset.n_ctx}) exceeds the model's n_ctx ({model_cfg.n_ctx})"
-        )
-    resuming = _prepare_run_dir(out_dir, resume)
-    multi = len(train_cfg.seeds) > 1
-    run_dirs = [out_dir / f"seed_{s}" for s in train_cfg.seeds] if multi else [out_dir]
+    _check_dataset(model_cfg, dataset)
     ckpt_root = out_dir / CHECKPOINTS_DIR
-    run_config = {
-        "model": model_cfg.to_dict(),
-        "train": train_cfg.to_dict(),
-        "data": {
-            "name": getattr(dataset, "name", type(dataset).__name__),
-            "description": dataset.describe(),
-        },
-        "mechjax_version": __version__,
-    }
-
-    if resuming:
-        state, saved_model, saved_train = _restore_newest_good(ckpt_root)
-        if saved_model != model_cfg or saved_train != train_cfg:
-            raise ValueError(
-                f"cannot resume {out_dir}: its checkpoints were made with other options. "
-                "Resume with the same options, or start a new --out directory."
-            )
-        start = int(np.asarray(state.step).reshape(-1)[0])
-    else:
-        state = init_states(model_cfg, train_cfg)
-        start = 0
-    logs = []
-    for run_dir in run_dirs:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(run_dir / CONFIG_FILE, json.dumps(run_config, indent=2))
-        log = _RunLog(run_dir)
-        if resuming:
-            log.truncate_after(start)
-        logs.append(log)
+    state, start, run_dirs, logs = _open_run(out_dir, model_cfg, train_cfg, dataset, resume)
 
     inputs = make_eval_inputs(dataset, model_cfg, n_eval=train_cfg.eval_batch_size)
     tracker = Tracker(model_cfg, inputs)
@@ -229,18 +190,8 @@ def train(
     last = {}
     try:
         if start == 0 and 0 in eval_steps:
-            last = _evaluate(
-                tracker,
-                state,
-                logs,
-                inputs,
-                step=0,
-                tokens_seen=0,
-                wall=0.0,
-                loss=None,
-                lr=0.0,
-                train_cfg=train_cfg,
-            )
+            last = _evaluate(tracker, state, logs, inputs, step=0, tokens_seen=0, wall=0.0,
+                             loss=None, lr=0.0)  # fmt: skip
         for step in range(start, end):
             tokens = np.stack(
                 [dataset.batch(seed, step, train_cfg.batch_size) for seed in data_seeds]
@@ -249,34 +200,16 @@ def train(
             losses = np.asarray(losses)
             done = step + 1
             if not np.all(np.isfinite(losses)):
-                good = checkpointing.latest_checkpoint(ckpt_root)
-                raise TrainingDiverged(
-                    f"the loss became {losses.tolist()} at step {done}; training stopped. The last "
-                    f"good checkpoint is {good or 'none (no checkpoint was written yet)'}. Lower "
-                    "--lr, raise --warmup-steps or set --grad-clip, and start a new run."
-                )
+                _diverged(f"the loss became {losses.tolist()} at step {done}", ckpt_root)
             if done in eval_steps:
-                last = _evaluate(
-                    tracker,
-                    state,
-                    logs,
-                    inputs,
-                    step=done,
-                    tokens_seen=done * train_cfg.batch_size * tokens.shape[-1],
-                    wall=time.time() - t0,
-                    loss=losses,
-                    lr=_lr(train_cfg, done),
-                    train_cfg=train_cfg,
-                )
+                seen = done * train_cfg.batch_size * tokens.shape[-1]
+                last = _evaluate(tracker, state, logs, inputs, step=done, tokens_seen=seen,
+                                 wall=time.time() - t0, loss=losses, lr=_lr(train_cfg, done))  # fmt: skip
             if done in ckpt_steps or done == end:
                 # a step's loss is that of the parameters before its update: check the
                 # updated parameters themselves before they become a "good" checkpoint
                 if not _all_finite(state.params):
-                    raise TrainingDiverged(
-                        f"the parameters became NaN/inf at step {done}; training stopped. The "
-                        f"last good checkpoint is {checkpointing.latest_checkpoint(ckpt_root) or 'none'}. "
-                        "Lower --lr, raise --warmup-steps or set --grad-clip, and start a new run."
-                    )
+                    _diverged(f"the parameters became NaN/inf at step {done}", ckpt_root)
                 checkpointing.save_checkpoint(ckpt_root, state, model_cfg, train_cfg)
             if on_step is not None:
                 evaluated = done in eval_steps
@@ -293,6 +226,63 @@ def train(
     if not interrupted and finalize and final_step == train_cfg.steps:
         _finalize(state, model_cfg, run_dirs, inputs)
     return RunResult(run_dirs, state, final_step, interrupted)
+
+
+def _check_dataset(model_cfg: ModelConfig, dataset) -> None:
+    if dataset.vocab_size != model_cfg.d_vocab:
+        raise ValueError(
+            f"the dataset has {dataset.vocab_size} token ids but the model's d_vocab is "
+            f"{model_cfg.d_vocab}; set d_vocab={dataset.vocab_size}"
+        )
+    if model_cfg.positional == "learned" and dataset.n_ctx > model_cfg.n_ctx:
+        raise ValueError(
+            f"the dataset's context ({dataset.n_ctx}) exceeds the model's n_ctx ({model_cfg.n_ctx})"
+        )
+
+
+def _open_run(out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, dataset, resume):
+    """The run directory made or resumed: `(state, start step, run_dirs, logs)`, each
+    model's `config.json` written and, when resuming, its records after `start` dropped."""
+    resuming = _prepare_run_dir(out_dir, resume)
+    multi = len(train_cfg.seeds) > 1
+    run_dirs = [out_dir / f"seed_{s}" for s in train_cfg.seeds] if multi else [out_dir]
+    run_config = {
+        "model": model_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        "data": {
+            "name": getattr(dataset, "name", type(dataset).__name__),
+            "description": dataset.describe(),
+        },
+        "mechjax_version": __version__,
+    }
+    if resuming:
+        state, saved_model, saved_train = _restore_newest_good(out_dir / CHECKPOINTS_DIR)
+        if saved_model != model_cfg or saved_train != train_cfg:
+            raise ValueError(
+                f"cannot resume {out_dir}: its checkpoints were made with other options. "
+                "Resume with the same options, or start a new --out directory."
+            )
+        start = int(np.asarray(state.step).reshape(-1)[0])
+    else:
+        state, start = init_states(model_cfg, train_cfg), 0
+    logs = []
+    for run_dir in run_dirs:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(run_dir / CONFIG_FILE, json.dumps(run_config, indent=2))
+        log = _RunLog(run_dir)
+        if resuming:
+            log.truncate_after(start)
+        logs.append(log)
+    return state, start, run_dirs, logs
+
+
+def _diverged(what: str, ckpt_root: Path):
+    good = checkpointing.latest_checkpoint(ckpt_root)
+    raise TrainingDiverged(
+        f"{what}; training stopped. The last good checkpoint is "
+        f"{good or 'none (no checkpoint was written yet)'}. Lower --lr, raise "
+        "--warmup-steps or set --grad-clip, and start a new run."
+    )
 
 
 def _restore_newest_good(ckpt_root: Path):
@@ -331,9 +321,7 @@ def _model(state: TrainState, i: int):
     return jax.tree_util.tree_map(lambda x: x[i], state.params)
 
 
-def _evaluate(
-    tracker, state, logs, inputs, *, step, tokens_seen, wall, loss, lr, train_cfg
-) -> dict:
+def _evaluate(tracker, state, logs, inputs, *, step, tokens_seen, wall, loss, lr) -> dict:
     last = {}
     for i, log in enumerate(logs):
         record, pca = tracker.evaluate(_model(state, i))

@@ -1,21 +1,16 @@
-"""`analyze_model`: the circuits of one model as figures and a self-contained HTML page.
+"""`mechjax analyze`'s output: a `ModelAnalysis` (`mechjax.activations.model_analysis`)
+as figures, numbers and one self-contained HTML page.
 
-    analyze_model(params, cfg, out_dir, token_str=..., bos_id=...) -> out_dir/analysis.html
+    planned_files(cfg)                               the files a report of this model has
+    check_report_dir(out_dir, cfg)                   refuse before anything is computed
+    write_analysis_report(analysis, out_dir, ...)    -> out_dir/analysis.html
 
-What it computes (each only where it applies to the model):
-
-* head detectors (`mechjax.activations.heads.detect_heads`, TransformerLens convention: a BOS and two
-  copies of a random segment) and the labelled head table (`heads.head_table`), with
-  each head's eigenvalue copying scores of its full OV and QK circuits added
-  (`circuit_eigen.ov_copying_scores` / `qk_copying_scores`, norm weights folded first);
-* figures (`mechjax.views.circuits`): attention patterns on the repeated sequence, the
-  full-OV eigenvalues of every head in the complex plane, the QK-vs-OV copying plane,
-  Q/K/V-composition heat maps (2+ layers, raw and minus the random baseline), the
-  positional QK circuit (learned positions) or the score-vs-offset profile (RoPE);
-* 1-layer attention-only models: the skip-trigram table (`mechjax.circuits.skip_trigrams`);
-* 2-layer attention-only models: the path decomposition (`mechjax.circuits.paths`) of the next-
-  token logits on the repeated sequence, summarised per kind of path and per term,
-  separately for the first copy (nothing to copy yet) and the second (induction).
+Figures (`mechjax.views.circuits`): attention patterns on the repeated sequence, the
+full-OV eigenvalues of every head in the complex plane, the QK-vs-OV copying plane,
+Q/K/V-composition heat maps (2+ layers, raw and minus the random baseline), the
+positional QK circuit (learned positions) or the score-vs-offset profile (RoPE), the
+skip-trigram table (1-layer attention-only models) and the largest path terms
+(2-layer attention-only models).
 
 Output: the PNGs, `analysis.json` (the numbers) and `analysis.html` (figures embedded
 as base64, so the one file can be mailed). A file already in `out_dir` under one of
@@ -26,17 +21,11 @@ FileExistsError names the file.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
-from ..activations import heads
-from ..circuits import eigen as circuit_eigen
-from ..circuits import weights as circuits
+from ..activations.model_analysis import ModelAnalysis, has_paths, has_skip_trigrams
 from ..model.config import ModelConfig
-from ..model.params import Params, check_params
-from ..model.transformer import run_with_stream
 from . import circuits as circuit_plots
 from .html import (
     GENERATOR,
@@ -63,251 +52,146 @@ FIGURES = {
     "skip_trigrams": "skip_trigrams.png",
     "paths": "path_terms.png",
 }
-MAX_SEG_LEN = 25  # Olsson et al.'s segment length, shortened to fit small contexts
-PANEL_HEADS = 32  # heads drawn per-panel figures for models with more heads than this
 
 
 def planned_files(cfg: ModelConfig) -> list[str]:
-    """The file names `analyze_model` writes for a model with this config."""
+    """The file names `write_analysis_report` writes for a model with this config."""
     names = ["patterns", "eigenvalues", "copying"]
     if cfg.n_layers >= 2:
         names.append("composition")
     if cfg.positional in ("learned", "rope"):
         names.append("positional")
-    if _has_skip_trigrams(cfg):
+    if has_skip_trigrams(cfg):
         names.append("skip_trigrams")
-    if _has_paths(cfg):
+    if has_paths(cfg):
         names.append("paths")
     return [FIGURES[n] for n in names] + [JSON_FILE, HTML_FILE]
 
 
-def _has_skip_trigrams(cfg: ModelConfig) -> bool:
-    return cfg.attn_only and cfg.n_layers == 1
-
-
-def _has_paths(cfg: ModelConfig) -> bool:
-    return cfg.attn_only and cfg.n_layers == 2 and not cfg.post_attn_norm
-
-
-def _seg_len(cfg: ModelConfig, has_bos: bool) -> int:
-    limit = cfg.n_ctx if cfg.positional == "learned" else 2 * MAX_SEG_LEN + 1
-    seg_len = min(MAX_SEG_LEN, (limit - int(has_bos)) // 2)
-    if seg_len < 2:
-        raise ValueError(
-            f"analyze_model: n_ctx={cfg.n_ctx} is too short for two copies of a segment"
-        )
-    return seg_len
-
-
-def analyze_model(
-    params: Params,
-    cfg: ModelConfig,
-    out_dir,
-    *,
-    token_str: Callable[[int], str] | None = None,
-    bos_id: int | None = None,
-    exclude: Sequence[int] = (),
-    source: str = "",
-    seed: int = 0,
-    batch: int = 8,
-) -> Path:
-    """Analyse the model and write `planned_files(cfg)` into `out_dir` (created).
-
-    token_str: decodes a token id for tables (default `str`); bos_id: the BOS id put in
-    front of the repeated sequences (None: no BOS); exclude: ids never drawn into the
-    repeated sequences nor shown as skip-trigrams (BOS is always excluded); source: a
-    description of where the model came from (shown in the page). Returns the HTML path.
-    """
-    if not isinstance(cfg, ModelConfig):
-        raise ValueError(f"cfg must be a mechjax.ModelConfig, got {type(cfg).__name__}")
-    check_params(params, cfg)
-    if cfg.n_layers == 0:
-        raise ValueError("analyze_model: a 0-layer model has no heads to analyse")
-    if bos_id is not None and not 0 <= bos_id < cfg.d_vocab:
-        raise ValueError(f"bos_id={bos_id} is outside the vocabulary [0, {cfg.d_vocab})")
-    token_str = token_str or str
+def check_report_dir(out_dir, cfg: ModelConfig) -> Path:
+    """Refuse, before anything is computed, an `out_dir` that is a file or holds a file
+    of the report that mechjax did not write. Returns the directory's path."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory; choose another --out")
-    files = planned_files(cfg)
-    for name in files:  # refuse before writing anything
+    for name in planned_files(cfg):
         check_replaceable(out / name)
+    return out
+
+
+def write_analysis_report(
+    analysis: ModelAnalysis,
+    out_dir,
+    *,
+    token_str: Callable[[int], str] | None = None,
+    source: str = "",
+) -> Path:
+    """Write `planned_files(analysis.cfg)` into `out_dir` (created); returns the page.
+
+    token_str: decodes a token id for tables (default `str`); source: where the model
+    came from (shown in the page)."""
+    cfg, a = analysis.cfg, analysis
+    token_str = token_str or str
+    out = check_report_dir(out_dir, cfg)
     out.mkdir(parents=True, exist_ok=True)
+    figures = _draw_figures(a, out, token_str)
+    summary = _summary(a, source, token_str)
+    sections = [section("Heads", _head_table_html(a))]
+    sections += [figure(caption, path) for caption, path in figures]
+    if a.composition is not None:
+        sections.append(section("Largest composition scores", _composition_html(summary)))
+    if a.skip_trigrams is not None:
+        sections.append(section("Skip-trigrams", _skip_trigram_html(a.skip_trigrams, token_str)))
+    if a.paths is not None:
+        sections.append(section("Path decomposition", _paths_html(a.paths)))
+    (out / JSON_FILE).write_text(json.dumps(jsonable(summary), indent=2) + "\n")
+    html_path = out / HTML_FILE
+    html_path.write_text(page(f"mechjax circuit analysis — {cfg.name or 'model'}",
+                          _description(cfg, source), sections, "analysis"))  # fmt: skip
+    return html_path
 
-    specials = sorted({int(i) for i in exclude} | ({int(bos_id)} if bos_id is not None else set()))
-    seg_len = _seg_len(cfg, bos_id is not None)
-    tokens = heads.repeated_tokens(
-        seed, batch, seg_len, cfg.d_vocab, n_repeats=2, bos_id=bos_id, exclude=specials
-    )
-    scores = heads.detect_heads(params, cfg, tokens, seg_len=seg_len, n_repeats=2, bos_id=bos_id)
-    folded, folded_cfg = circuits.fold_norms(params, cfg)
-    scores["ov_copying"] = np.asarray(circuit_eigen.ov_copying_scores(folded, folded_cfg))
-    scores["qk_copying"] = np.asarray(circuit_eigen.qk_copying_scores(folded, folded_cfg))
-    rows = heads.head_table(scores)
-    panel_heads = _panel_heads(scores, cfg)
 
+def _draw_figures(a: ModelAnalysis, out: Path, token_str) -> list[tuple[str, Path]]:
+    """Draw each figure that applies; `[(caption, path)]` in page order."""
     figures: list[tuple[str, Path]] = []
-    sections: list[str] = []
-    summary: dict = {
-        "generator": f"{GENERATOR} analysis",
-        "source": source,
-        "config": cfg.to_dict(),
-        "input": {
-            "seg_len": seg_len,
-            "n_repeats": 2,
-            "bos_id": bos_id,
-            "batch": batch,
-            "excluded_ids": specials,
-        },
-        "heads": rows,
-    }
 
     def add(name: str, caption: str, plot, *args, **kwargs) -> None:
         path = out / FIGURES[name]
         plot(*args, path=path, **kwargs)
         figures.append((caption, path))
 
-    _, stream = run_with_stream(params, tokens[:1], cfg, capture=["pattern"])
-    pattern = np.asarray(stream["pattern"][:, 0], np.float32)  # [layer, head, q, k]
     add(
         "patterns", "Attention patterns on a repeated random sequence (first of the batch)",
-        circuit_plots.plot_attention_patterns, pattern, seg_len=seg_len, heads=panel_heads,
+        circuit_plots.plot_attention_patterns, a.pattern, seg_len=a.seg_len, heads=a.panel_heads,
     )  # fmt: skip
-    eigenvalues = np.asarray(circuit_eigen.full_ov_eigenvalues(folded, folded_cfg))
     add(
         "eigenvalues", "Eigenvalues of each head's full OV circuit W_E W_OV W_U "
-        "(title: OV copying score)", circuit_plots.plot_ov_eigenvalues, eigenvalues,
-        scores=scores["ov_copying"], heads=panel_heads,
+        "(title: OV eigenvalue copying statistic)", circuit_plots.plot_ov_eigenvalues,
+        a.ov_eigenvalues, scores=a.scores["ov_eigen_copying"], heads=a.panel_heads,
     )  # fmt: skip
     add(
-        "copying", "OV vs QK eigenvalue copying scores", circuit_plots.plot_copying_plane,
-        scores["ov_copying"], scores["qk_copying"],
+        "copying", "OV vs QK eigenvalue copying statistics", circuit_plots.plot_copying_plane,
+        a.scores["ov_eigen_copying"], a.scores["qk_eigen_copying"],
     )  # fmt: skip
-
-    if cfg.n_layers >= 2:
-        raw = {k: np.asarray(circuits.composition_scores(folded, folded_cfg, k)) for k in "QKV"}
-        # composition_scores(baseline=True) is raw minus this one scalar (the same for
-        # Q, K and V): subtract it here rather than compile three more programs
-        random = float(circuits.random_composition_baseline(folded_cfg))
-        later = np.arange(cfg.n_layers)[:, None, None, None] < np.arange(cfg.n_layers)[:, None]
-        base = {k: np.where(later, v - random, 0.0) for k, v in raw.items()}
-        summary["random_composition_baseline"] = random
+    if a.composition is not None:
         add(
             "composition", "Q-, K- and V-composition scores (norm weights folded)",
-            circuit_plots.plot_composition_scores, raw, base,
+            circuit_plots.plot_composition_scores, a.composition["raw"], a.composition["baselined"],
         )  # fmt: skip
-        summary["composition"] = {k: _top_pairs(base[k], raw[k]) for k in "QKV"}
-        sections.append(section("Largest composition scores", _composition_html(summary)))
-
-    if cfg.positional == "learned":
-        n = min(cfg.n_ctx, 2 * seg_len + 1)
-        fm = circuits.positional_qk_circuit(folded, folded_cfg)
-        qk_pos = np.asarray(fm.A[..., :n, :] @ fm.B[..., :, :n])
+    if a.positional is not None and a.cfg.positional == "learned":
+        n = a.positional.shape[-1]
         add(
             "positional", f"Positional QK circuit W_pos W_QK W_posᵀ (first {n} positions)",
-            circuit_plots.plot_positional_qk, qk_pos, heads=panel_heads,
+            circuit_plots.plot_positional_qk, a.positional, heads=a.panel_heads,
         )  # fmt: skip
-    elif cfg.positional == "rope":
-        profile = np.asarray(
-            circuits.positional_qk_circuit(folded, folded_cfg, n_offsets=min(cfg.n_ctx, 128))
-        )
+    elif a.positional is not None:
         add(
             "positional", "RoPE: QK score of a vector with itself as a function of offset",
-            circuit_plots.plot_positional_qk, profile,
+            circuit_plots.plot_positional_qk, a.positional,
         )  # fmt: skip
-
-    if _has_skip_trigrams(cfg):
-        from ..circuits.skip_trigrams import skip_trigrams
-
-        trigrams = skip_trigrams(params, cfg, n_ov=8, n_dst=3, exclude=specials)
+    if a.skip_trigrams is not None:
         add(
             "skip_trigrams", "Skip-trigrams read from the QK and OV circuits",
-            circuit_plots.plot_skip_trigrams, trigrams, token_str,
+            circuit_plots.plot_skip_trigrams, a.skip_trigrams, token_str,
         )  # fmt: skip
-        summary["skip_trigrams"] = [
-            {"head": f"L{t.layer}H{t.head}", "trigram": t.format(token_str), "ov": t.ov,
-             "qk": t.qk[0]}
-            for head_rows in trigrams for t in head_rows
-        ]  # fmt: skip
-        sections.append(section("Skip-trigrams", _skip_trigram_html(trigrams, token_str)))
-
-    if _has_paths(cfg):
-        path_summary = _path_summary(params, cfg, tokens, seg_len, bos_id is not None)
-        summary["paths"] = path_summary
-        labels = list(path_summary["second_copy"]["terms"])
-        values = [path_summary["second_copy"]["terms"][k] for k in labels]
+    if a.paths is not None:
+        labels = list(a.paths["second_copy"]["terms"])
+        values = [a.paths["second_copy"]["terms"][k] for k in labels]
         add(
             "paths", "Largest path terms on the second copy (mean contribution to the "
             "correct next token's logit minus the mean logit)", circuit_plots.plot_path_terms,
             labels, values,
         )  # fmt: skip
-        sections.append(section("Path decomposition", _paths_html(path_summary)))
-
-    (out / JSON_FILE).write_text(json.dumps(jsonable(summary), indent=2) + "\n")
-    body = [
-        section("Heads", _head_table_html(rows, seg_len, bos_id is not None, len(specials))),
-        *(figure(caption, path) for caption, path in figures),
-        *sections,
-    ]
-    html_path = out / HTML_FILE
-    html_path.write_text(page(f"mechjax circuit analysis — {cfg.name or 'model'}",
-                          _description(cfg, source), body, "analysis"))  # fmt: skip
-    return html_path
+    return figures
 
 
-# -- pieces ------------------------------------------------------------------------------------
-
-
-def _panel_heads(scores: dict, cfg: ModelConfig) -> list[tuple[int, int]] | None:
-    """All heads for small models; else the PANEL_HEADS heads with the largest
-    induction / previous-token / duplicate-token score, in (layer, head) order."""
-    if cfg.n_layers * cfg.n_heads <= PANEL_HEADS:
-        return None
-    best = np.max([scores[k] for k in ("induction", "previous_token", "duplicate_token")], 0)
-    order = np.argsort(-np.nan_to_num(best, nan=-1.0), axis=None)[:PANEL_HEADS]
-    return sorted((int(i) // cfg.n_heads, int(i) % cfg.n_heads) for i in order)
-
-
-def _top_pairs(baselined: np.ndarray, raw: np.ndarray, n: int = 5) -> list[dict]:
-    L = baselined.shape[0]
-    later = np.arange(L)[:, None, None, None] < np.arange(L)[None, None, :, None]
-    masked = np.where(later, baselined, -np.inf)
-    out = []
-    for i in np.argsort(-masked, axis=None)[:n]:
-        l1, h1, l2, h2 = np.unravel_index(i, masked.shape)
-        if not np.isfinite(masked[l1, h1, l2, h2]):
-            break
-        out.append(
-            {"from": f"L{l1}H{h1}", "to": f"L{l2}H{h2}", "score": float(raw[l1, h1, l2, h2]),
-             "minus_baseline": float(baselined[l1, h1, l2, h2])}
-        )  # fmt: skip
-    return out
-
-
-def _path_summary(params, cfg, tokens, seg_len: int, has_bos: bool) -> dict:
-    """Mean contribution of each path term to the next token's logit minus the mean
-    logit, over the positions predicting the first copy and those predicting the second."""
-    from ..circuits.paths import path_decomposition
-
-    targets = np.roll(tokens, -1, axis=1)
-    terms = path_decomposition(params, tokens, cfg, token_ids=targets, minus_ids="mean")
-    values = np.asarray(terms.values)  # [term, batch, pos]
-    o = int(has_bos)
-    # position p predicts token p + 1; the second copy's tokens are o+seg_len .. end
-    spans = {
-        "first_copy": slice(o, o + seg_len - 1),  # predicts tokens 2..seg_len of copy 1
-        "second_copy": slice(o + seg_len, tokens.shape[1] - 1),  # predicts copy 2's 2nd..
+def _summary(a: ModelAnalysis, source: str, token_str) -> dict:
+    """The numbers of `analysis.json`."""
+    summary: dict = {
+        "generator": f"{GENERATOR} analysis",
+        "source": source,
+        "config": a.cfg.to_dict(),
+        "input": {
+            "seg_len": a.seg_len,
+            "n_repeats": a.n_repeats,
+            "bos_id": a.bos_id,
+            "batch": int(a.tokens.shape[0]),
+            "excluded_ids": a.excluded_ids,
+        },
+        "heads": a.head_rows,
     }
-    out = {}
-    for name, span in spans.items():
-        mean = values[:, :, span].mean(axis=(1, 2))
-        kinds = np.asarray(terms.kinds)
-        out[name] = {
-            "total": float(mean.sum()),
-            "by_kind": {k: float(mean[kinds == k].sum()) for k in dict.fromkeys(terms.kinds)},
-            "terms": {label: float(v) for label, v in zip(terms.labels, mean)},
-        }
-    return out
+    if a.composition is not None:
+        summary["random_composition_baseline"] = a.composition["random_baseline"]
+        summary["composition"] = a.composition["top"]
+    if a.skip_trigrams is not None:
+        summary["skip_trigrams"] = [
+            {"head": f"L{t.layer}H{t.head}", "trigram": t.format(token_str), "ov": t.ov,
+             "qk": t.qk[0]}
+            for head_rows in a.skip_trigrams for t in head_rows
+        ]  # fmt: skip
+    if a.paths is not None:
+        summary["paths"] = a.paths
+    return summary
 
 
 def _description(cfg: ModelConfig, source: str) -> str:
@@ -324,7 +208,9 @@ def _description(cfg: ModelConfig, source: str) -> str:
     return text
 
 
-def _head_table_html(rows: list[dict], seg_len: int, has_bos: bool, n_excluded: int) -> str:
+def _head_table_html(a: ModelAnalysis) -> str:
+    rows, seg_len, has_bos = a.head_rows, a.seg_len, a.bos_id is not None
+    n_excluded = len(a.excluded_ids)
     names = [k for k in rows[0] if k not in ("layer", "head", "labels")]
     header = ["head", *(n.replace("_", " ") for n in names), "labels"]
     body = [
@@ -339,8 +225,10 @@ def _head_table_html(rows: list[dict], seg_len: int, has_bos: bool, n_excluded: 
     excluded = f", {n_excluded} token ids left out" if n_excluded else ""
     return (
         f"<p>Detector scores on {bos}two copies of {seg_len} random tokens{excluded} (induction: "
-        "TransformerLens convention, label above 0.4); OV / QK copying: Σλ / Σ|λ| over the "
-        "eigenvalues of the full circuits, norm weights folded.</p>" + table(header, body, "heads")
+        "TransformerLens convention, label above 0.4; copying: Olsson et al.'s evaluator, "
+        "chance about 2/n - 1 for n distinct tokens); OV / QK eigen copying: the statistic "
+        "Σλ / Σ|λ| over the eigenvalues of the full circuits, norm weights folded.</p>"
+        + table(header, body, "heads")
     )
 
 

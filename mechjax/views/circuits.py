@@ -9,7 +9,7 @@ returns it.
 
     plot_attention_patterns   attention of many heads on one repeated sequence
     plot_ov_eigenvalues       each head's full-OV eigenvalues in the complex plane
-    plot_copying_plane        heads as points: OV copying score vs QK copying score
+    plot_copying_plane        heads as points: OV vs QK eigenvalue copying statistic
     plot_composition_scores   Q/K/V-composition heat maps, raw and baseline-subtracted
     plot_skip_trigrams        the table of top QK/OV entries
     plot_positional_qk        positional QK circuit (learned) or score vs offset (RoPE)
@@ -105,7 +105,7 @@ def plot_ov_eigenvalues(
     disc per head as in Elhage et al.'s figure: each head's eigenvalues are divided by
     their largest modulus, so they lie in the disc; points with a positive real part in
     blue, negative in red. A copying head's eigenvalues crowd the positive real axis.
-    `scores [layer, head]` (e.g. `circuit_eigen.ov_copying_scores`) go into the panel titles."""
+    `scores [layer, head]` (e.g. `circuit_eigen.ov_eigenvalue_copying`) go into the panel titles."""
     eigenvalues = _as_array(eigenvalues, 3, "eigenvalues", "plot_ov_eigenvalues")
     heads = _all_heads(*eigenvalues.shape[:2], heads)
     fig, axes = _grid(len(heads), 1.5)
@@ -132,7 +132,7 @@ def plot_ov_eigenvalues(
 
 
 def plot_copying_plane(ov_scores, qk_scores, *, path=None, title: str | None = None) -> Figure:
-    """Each head as a point: x = OV copying score, y = QK copying score (both
+    """Each head as a point: x = OV eigenvalue copying statistic, y = QK eigenvalue copying statistic (both
     `[layer, head]`, in [-1, 1]), labelled `L{l}H{h}` and coloured by layer. Heads in the
     upper right copy what they attend to and attend to copies of the current token."""
     ov = _as_array(ov_scores, 2, "ov_scores", "plot_copying_plane")
@@ -154,8 +154,8 @@ def plot_copying_plane(ov_scores, qk_scores, *, path=None, title: str | None = N
             )  # fmt: skip
     ax.set_xlim(-1.05, 1.05)
     ax.set_ylim(-1.05, 1.05)
-    ax.set_xlabel("OV copying score  (Σλ / Σ|λ| of W_E W_OV W_U)")
-    ax.set_ylabel("QK copying score  (Σλ / Σ|λ| of W_E W_QK W_Eᵀ)")
+    ax.set_xlabel("OV eigenvalue copying  (Σλ / Σ|λ| of W_E W_OV W_U)")
+    ax.set_ylabel("QK eigenvalue copying  (Σλ / Σ|λ| of W_E W_QK W_Eᵀ)")
     if n_layers <= 12:
         ax.legend(fontsize=7, loc="lower left")
     ax.set_title(title or "Copying: OV vs QK eigenvalue scores")
