@@ -26,7 +26,7 @@ from ..model.stream import Stream, logit_attribution
 
 
 @dataclasses.dataclass(frozen=True)
-class DLA:
+class DLAResult:
     """Direct logit attribution of every write, arranged by component kind.
 
     values [component, batch, pos] with `labels`, as `logit_attribution` returns them
@@ -63,7 +63,7 @@ def _ids(token_ids, batch: int, name: str):
     return ids
 
 
-def dla(params, cfg: ModelConfig, stream: Stream, token_ids, minus_ids=None) -> DLA:
+def dla(params, cfg: ModelConfig, stream: Stream, token_ids, minus_ids=None) -> DLAResult:
     """Direct logit attribution of every component to `token_ids` (int, `[batch]` or
     `[batch, pos]`), minus `minus_ids` (a logit difference) if given."""
     batch = stream["embed"].shape[0]
@@ -77,7 +77,7 @@ def dla(params, cfg: ModelConfig, stream: Stream, token_ids, minus_ids=None) -> 
 
     L, H = cfg.n_layers, cfg.n_heads
     heads = take([f"L{l}H{h}" for l in range(L) for h in range(H)])
-    return DLA(
+    return DLAResult(
         labels=labels,
         values=values,
         heads=heads.reshape(L, H, *values.shape[1:]),

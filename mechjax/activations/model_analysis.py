@@ -1,6 +1,6 @@
 """The circuits of one model, computed together: what `mechjax analyze` reports.
 
-    analyze_model(params, cfg, *, bos_id=None, exclude=(), seed=0, batch=8) -> ModelAnalysis
+    analyze_model(params, cfg, *, bos_id=None, exclude=(), seed=0, batch=8) -> ModelAnalysisResult
 
 Each part is computed only where it applies to the model:
 
@@ -40,7 +40,7 @@ PANEL_HEADS = 32  # heads drawn in per-head panels for models with more heads th
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelAnalysis:
+class ModelAnalysisResult:
     """Everything `analyze_model` found; arrays are numpy.
 
     tokens [batch, pos]: the repeated sequences (`seg_len` tokens twice, after `bos_id`
@@ -88,7 +88,7 @@ def analyze_model(
     exclude: Sequence[int] = (),
     seed: int = 0,
     batch: int = 8,
-) -> ModelAnalysis:
+) -> ModelAnalysisResult:
     """Analyse the model's heads and circuits (see the module docstring).
 
     bos_id: the BOS id put in front of the repeated sequences (None: no BOS); exclude:
@@ -111,7 +111,7 @@ def analyze_model(
     scores["ov_eigen_copying"] = np.asarray(eigen.ov_eigenvalue_copying(folded, folded_cfg))
     scores["qk_eigen_copying"] = np.asarray(eigen.qk_eigenvalue_copying(folded, folded_cfg))
     _, stream = run_with_stream(params, tokens[:1], cfg, capture=["pattern"])
-    return ModelAnalysis(
+    return ModelAnalysisResult(
         cfg=cfg,
         seg_len=seg_len,
         n_repeats=2,

@@ -3,7 +3,7 @@
     activation_patching(params, cfg, clean, corrupted, site, over, ...)  -> PatchingResult
     path_patching(params, cfg, clean, corrupted, receivers, ...)         -> PatchingResult
     attribution_patching(params, cfg, clean, corrupted, sites, ...)      -> {site: PatchingResult}
-    compare_with_exact(params, cfg, clean, corrupted, site, over, ...)   -> Comparison
+    compare_with_exact(params, cfg, clean, corrupted, site, over, ...)   -> ComparisonResult
     integrated_gradients(params, cfg, tokens, ...)                       -> IGResult
 
 Metrics (`mechjax.causal.metrics`): `logit_diff`, `answer_prob`, `answer_logprob`, or
@@ -16,7 +16,7 @@ chunks, results), `metrics`, `activation_patching`, `path_patching` (Wang et al.
 
 from . import metrics
 from .activation_patching import activation_patching, cell_patch
-from .attribution_patching import Comparison, attribution_patching, compare_with_exact
+from .attribution_patching import ComparisonResult, attribution_patching, compare_with_exact
 from .integrated_gradients import IGResult, integrated_gradients
 from .metrics import answer_logprob, answer_prob, logit_diff
 from .path_patching import path_patching
@@ -25,7 +25,7 @@ from .sweep import PatchingResult, normalize
 __all__ = [
     "IGResult",
     "integrated_gradients",
-    "Comparison",
+    "ComparisonResult",
     "PatchingResult",
     "activation_patching",
     "answer_logprob",

@@ -146,7 +146,7 @@ def attribution_patching(
 
 
 @dataclasses.dataclass(frozen=True)
-class Comparison:
+class ComparisonResult:
     """Attribution-patching estimates beside exact activation patching at one site.
 
     correlation: Pearson correlation of the two `raw` arrays over all cells (NaN when
@@ -171,7 +171,7 @@ def compare_with_exact(
     answers=None,
     mode: str = "noise",
     chunk_size: int | str | None = "auto",
-) -> Comparison:
+) -> ComparisonResult:
     """Run attribution patching and exact activation patching at `site` over `over`
     (default `default_over(site)`) with the same metric and mode, and compare them."""
     sweep.check_site(site, cfg)
@@ -189,4 +189,4 @@ def compare_with_exact(
         correlation = float("nan")
     else:
         correlation = float(np.corrcoef(a, b)[0, 1])
-    return Comparison(estimate, exact, correlation, float(np.abs(a - b).max()))
+    return ComparisonResult(estimate, exact, correlation, float(np.abs(a - b).max()))

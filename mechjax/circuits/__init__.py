@@ -17,7 +17,7 @@ from .eigen import (
     qk_eigenvalue_copying,
 )
 from .factored import FactoredMatrix
-from .paths import PathTerms, k_composition_qk_circuit, path_decomposition
+from .paths import PathDecompositionResult, k_composition_qk_circuit, path_decomposition
 from .skip_trigrams import SkipTrigram, format_skip_trigrams
 from .weights import (
     composition_scores,
@@ -33,7 +33,7 @@ from .weights import (
 
 __all__ = [
     "FactoredMatrix",
-    "PathTerms",
+    "PathDecompositionResult",
     "SkipTrigram",
     "composition_scores",
     "eigenvalue_copying",

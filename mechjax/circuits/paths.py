@@ -74,7 +74,7 @@ _CAPTURE = ("embed", "pos_embed", "pattern", "ln1_scale", "ln_final_scale")
 
 
 @dataclasses.dataclass(frozen=True)
-class PathTerms:
+class PathDecompositionResult:
     """Labelled path terms.
 
     labels: one per term ("direct", "L0H3", "L0H3>L1H5", "L0 bias", ...)
@@ -247,7 +247,7 @@ def path_decomposition(
     token_ids=None,
     minus_ids=None,
     split_positional: bool = False,
-) -> PathTerms:
+) -> PathDecompositionResult:
     """Each path's contribution to the logits of `tokens [batch, pos]`.
 
     Runs the model once (attention patterns and norm scales of this input), then
@@ -289,7 +289,7 @@ def path_decomposition(
     )
     sources = ("embed", "pos_embed") if split_positional else ("embed",)
     labels, kinds = _labels(cfg, sources)
-    return PathTerms(tuple(labels), tuple(kinds), values)
+    return PathDecompositionResult(tuple(labels), tuple(kinds), values)
 
 
 def k_composition_qk_circuit(params: Params, cfg: ModelConfig, *, fold: bool = True):

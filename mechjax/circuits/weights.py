@@ -194,90 +194,101 @@ def fold_norms(params: Params, cfg: ModelConfig) -> tuple[Params, ModelConfig]:
     """
     if cfg.normalization == "none":
         return params, cfg
-    centre = cfg.normalization == "layernorm"
-    identity = 1.0 - cfg.norm_weight_offset
+    fold = _NormFolder(cfg)
     params = dict(params)
     blocks = dict(params["blocks"])
-    changes: dict = {}
+    if cfg.n_layers:
+        fold.attention_norm(blocks)
+        if not cfg.attn_only:
+            fold.mlp_norms(blocks)
+    params["blocks"] = blocks
+    if cfg.has_final_norm:
+        fold.final_norm(params)
+    return params, cfg.replace(**fold.changes) if fold.changes else cfg
 
-    def multiplier(w):
-        return cfg.norm_weight_offset + w.astype(jnp.float32)
 
-    def f32(x):
-        return None if x is None else x.astype(jnp.float32)
+class _NormFolder:
+    """The steps of `fold_norms`, one per norm, sharing the config changes they make."""
 
-    def reset(store, name):
-        store[f"{name}_w"] = jnp.full_like(store[f"{name}_w"], identity)
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.centre = cfg.normalization == "layernorm"
+        self.identity = 1.0 - cfg.norm_weight_offset
+        self.changes: dict = {}
+
+    def multiplier(self, w):
+        return self.cfg.norm_weight_offset + w.astype(jnp.float32)
+
+    def reset(self, store, name):
+        store[f"{name}_w"] = jnp.full_like(store[f"{name}_w"], self.identity)
         if f"{name}_b" in store:
             store[f"{name}_b"] = jnp.zeros_like(store[f"{name}_b"])
 
-    def add_bias(store, name, value, dtype, enable: str):
+    def add_bias(self, store, name, value, dtype, enable: str):
         if name in store:
             store[name] = (store[name].astype(jnp.float32) + value).astype(dtype)
         else:  # the config had no such bias: create them all, the folded one non-zero
             store[name] = value.astype(dtype)
-            changes[enable] = True
+            self.changes[enable] = True
 
-    if cfg.n_layers:
-        dtype = blocks["W_Q"].dtype
-        # pre-attention norm -> W_Q, W_K, W_V (per-layer vectors broadcast over heads)
-        mult = multiplier(blocks["ln1_w"])[:, None, :]  # [layer, 1, d_model]
-        bias = f32(blocks.get("ln1_b"))
+    def attention_norm(self, blocks) -> None:
+        """ln1 -> W_Q, W_K, W_V (per-layer vectors broadcast over heads); ln1_b -> b_Q/K/V."""
+        cfg, dtype = self.cfg, blocks["W_Q"].dtype
+        mult = self.multiplier(blocks["ln1_w"])[:, None, :]  # [layer, 1, d_model]
+        bias = _f32(blocks.get("ln1_b"))
         bias = None if bias is None else bias[:, None, :]
         for name in ("Q", "K", "V"):
-            W, b = _fold_reader(f32(blocks[f"W_{name}"]), mult, bias, centre)
+            W, b = _fold_reader(_f32(blocks[f"W_{name}"]), mult, bias, self.centre)
             blocks[f"W_{name}"] = W.astype(dtype)
             if b is not None:
-                add_bias(blocks, f"b_{name}", b, dtype, "use_attn_bias")
+                self.add_bias(blocks, f"b_{name}", b, dtype, "use_attn_bias")
         if bias is not None and not cfg.use_attn_bias:
             blocks["b_O"] = jnp.zeros((cfg.n_layers, cfg.d_model), dtype)
-        reset(blocks, "ln1")
+        self.reset(blocks, "ln1")
 
-        if not cfg.attn_only:
-            mlp_biases_created = False
-            gated_with_bias = cfg.gated_mlp and "ln2_b" in blocks
-            if not gated_with_bias:
-                mult = multiplier(blocks["ln2_w"])
-                bias = f32(blocks.get("ln2_b"))
-                for name in ("W_in", "W_gate"):
-                    if name not in blocks:
-                        continue
-                    W, b = _fold_reader(f32(blocks[name]), mult, bias, centre)
-                    blocks[name] = W.astype(dtype)
-                    if b is not None and name == "W_in":
-                        mlp_biases_created |= "b_in" not in blocks
-                        add_bias(blocks, "b_in", b, dtype, "use_mlp_bias")
-                reset(blocks, "ln2")
-            if cfg.act_fn == "solu":  # SoLU's own LayerNorm (no offset) -> W_out
-                W, b = _fold_reader(
-                    f32(blocks["W_out"]),
-                    f32(blocks["ln_mlp_w"]),
-                    f32(blocks["ln_mlp_b"]),
-                    True,
-                )
-                blocks["W_out"] = W.astype(dtype)
-                mlp_biases_created |= "b_out" not in blocks
-                add_bias(blocks, "b_out", b, dtype, "use_mlp_bias")
-                blocks["ln_mlp_w"] = jnp.ones_like(blocks["ln_mlp_w"])
-                blocks["ln_mlp_b"] = jnp.zeros_like(blocks["ln_mlp_b"])
-            if mlp_biases_created:  # use_mlp_bias needs both b_in and b_out
-                blocks.setdefault("b_in", jnp.zeros((cfg.n_layers, cfg.d_mlp), dtype))
-                blocks.setdefault("b_out", jnp.zeros((cfg.n_layers, cfg.d_model), dtype))
-    params["blocks"] = blocks
+    def mlp_norms(self, blocks) -> None:
+        """ln2 -> W_in (and W_gate), ln2_b -> b_in; SoLU's ln_mlp -> W_out, b_out."""
+        cfg, dtype = self.cfg, blocks["W_Q"].dtype
+        created = False
+        if not (cfg.gated_mlp and "ln2_b" in blocks):  # the gate has no bias to take ln2_b
+            mult, bias = self.multiplier(blocks["ln2_w"]), _f32(blocks.get("ln2_b"))
+            for name in ("W_in", "W_gate"):
+                if name not in blocks:
+                    continue
+                W, b = _fold_reader(_f32(blocks[name]), mult, bias, self.centre)
+                blocks[name] = W.astype(dtype)
+                if b is not None and name == "W_in":
+                    created |= "b_in" not in blocks
+                    self.add_bias(blocks, "b_in", b, dtype, "use_mlp_bias")
+            self.reset(blocks, "ln2")
+        if cfg.act_fn == "solu":  # SoLU's own LayerNorm (no offset) -> W_out
+            W, b = _fold_reader(
+                _f32(blocks["W_out"]), _f32(blocks["ln_mlp_w"]), _f32(blocks["ln_mlp_b"]), True
+            )
+            blocks["W_out"] = W.astype(dtype)
+            created |= "b_out" not in blocks
+            self.add_bias(blocks, "b_out", b, dtype, "use_mlp_bias")
+            blocks["ln_mlp_w"] = jnp.ones_like(blocks["ln_mlp_w"])
+            blocks["ln_mlp_b"] = jnp.zeros_like(blocks["ln_mlp_b"])
+        if created:  # use_mlp_bias needs both b_in and b_out
+            blocks.setdefault("b_in", jnp.zeros((cfg.n_layers, cfg.d_mlp), dtype))
+            blocks.setdefault("b_out", jnp.zeros((cfg.n_layers, cfg.d_model), dtype))
 
-    if cfg.has_final_norm:
+    def final_norm(self, params) -> None:
+        """ln_final -> W_U (tied embeddings are untied), ln_final_b W_U -> b_U."""
         W_U = unembedding(params)
-        dtype = W_U.dtype
-        W, b = _fold_reader(
-            f32(W_U), multiplier(params["ln_final_w"]), f32(params.get("ln_final_b")), centre
-        )
-        params["W_U"] = W.astype(dtype)
-        if cfg.tied_embeddings:
-            changes["tied_embeddings"] = False
+        mult, bias = self.multiplier(params["ln_final_w"]), _f32(params.get("ln_final_b"))
+        W, b = _fold_reader(_f32(W_U), mult, bias, self.centre)
+        params["W_U"] = W.astype(W_U.dtype)
+        if self.cfg.tied_embeddings:
+            self.changes["tied_embeddings"] = False
         if b is not None:
-            add_bias(params, "b_U", b, dtype, "use_unembed_bias")
-        reset(params, "ln_final")
-    return params, cfg.replace(**changes) if changes else cfg
+            self.add_bias(params, "b_U", b, W_U.dtype, "use_unembed_bias")
+        self.reset(params, "ln_final")
+
+
+def _f32(x):
+    return None if x is None else x.astype(jnp.float32)
 
 
 # -- composition -------------------------------------------------------------------------------------

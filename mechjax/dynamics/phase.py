@@ -73,7 +73,7 @@ DEFAULTS = dict(
 
 
 @dataclasses.dataclass(frozen=True)
-class PhaseChange:
+class PhaseChangeResult:
     """A detected phase-change window (steps are training steps).
 
     metric: the series the window was found on ("icl_score").
@@ -138,7 +138,7 @@ def detect_phase_change(
     icl: np.ndarray,
     induction: np.ndarray | None = None,
     **options,
-) -> PhaseChange | None:
+) -> PhaseChangeResult | None:
     """The phase-change window of a run, or `None` when it has none (rule: module docstring).
 
     Args:
@@ -157,7 +157,7 @@ def phase_change_candidate(
     icl: np.ndarray,
     induction: np.ndarray | None = None,
     **options,
-) -> tuple[PhaseChange | None, list[str]]:
+) -> tuple[PhaseChangeResult | None, list[str]]:
     """The steepest-ICL window and the acceptance criteria it fails (empty: accepted).
 
     The candidate is `None` only when no window can be formed (too few evaluations, or
@@ -213,7 +213,7 @@ def phase_change_candidate(
             f"(widened by a factor {lag:.2f}): the ICL change is not the induction bump"
         )
 
-    candidate = PhaseChange(
+    candidate = PhaseChangeResult(
         metric="icl_score",
         start=int(s[start]),
         steepest=int(round(float(np.sqrt(s[peak] * s[peak + 1])))),

@@ -1,4 +1,4 @@
-"""`mechjax analyze`'s output: a `ModelAnalysis` (`mechjax.activations.model_analysis`)
+"""`mechjax analyze`'s output: a `ModelAnalysisResult` (`mechjax.activations.model_analysis`)
 as figures, numbers and one self-contained HTML page.
 
     planned_files(cfg)                               the files a report of this model has
@@ -24,7 +24,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ..activations.model_analysis import ModelAnalysis, has_paths, has_skip_trigrams
+from ..activations.model_analysis import ModelAnalysisResult, has_paths, has_skip_trigrams
 from ..model.config import ModelConfig
 from . import circuits as circuit_plots
 from .html import (
@@ -80,7 +80,7 @@ def check_report_dir(out_dir, cfg: ModelConfig) -> Path:
 
 
 def write_analysis_report(
-    analysis: ModelAnalysis,
+    analysis: ModelAnalysisResult,
     out_dir,
     *,
     token_str: Callable[[int], str] | None = None,
@@ -111,7 +111,7 @@ def write_analysis_report(
     return html_path
 
 
-def _draw_figures(a: ModelAnalysis, out: Path, token_str) -> list[tuple[str, Path]]:
+def _draw_figures(a: ModelAnalysisResult, out: Path, token_str) -> list[tuple[str, Path]]:
     """Draw each figure that applies; `[(caption, path)]` in page order."""
     figures: list[tuple[str, Path]] = []
 
@@ -165,7 +165,7 @@ def _draw_figures(a: ModelAnalysis, out: Path, token_str) -> list[tuple[str, Pat
     return figures
 
 
-def _summary(a: ModelAnalysis, source: str, token_str) -> dict:
+def _summary(a: ModelAnalysisResult, source: str, token_str) -> dict:
     """The numbers of `analysis.json`."""
     summary: dict = {
         "generator": f"{GENERATOR} analysis",
@@ -208,7 +208,7 @@ def _description(cfg: ModelConfig, source: str) -> str:
     return text
 
 
-def _head_table_html(a: ModelAnalysis) -> str:
+def _head_table_html(a: ModelAnalysisResult) -> str:
     rows, seg_len, has_bos = a.head_rows, a.seg_len, a.bos_id is not None
     n_excluded = len(a.excluded_ids)
     names = [k for k in rows[0] if k not in ("layer", "head", "labels")]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..dynamics.pca import PCAResult, per_token_loss_pca
-from ..dynamics.phase import PhaseChange, phase_change_candidate
+from ..dynamics.phase import PhaseChangeResult, phase_change_candidate
 from ..io.runs import HEAD_SCORES, SUMMARY_FILE, Run, find_runs, load_run
 from . import training as plots
 from .html import (
@@ -61,7 +61,7 @@ COMPARE_FIGURES = {
 
 
 # -- summary ------------------------------------------------------------------------------
-def run_phase_change(run: Run, **options) -> tuple[PhaseChange | None, list[str]]:
+def run_phase_change(run: Run, **options) -> tuple[PhaseChangeResult | None, list[str]]:
     """Phase-change candidate of a run and the criteria it fails (see `mechjax.dynamics.phase`);
     `(None, [reason])` when the run has no ICL score or the model no attention layer."""
     icl = run.series("icl_score")
@@ -77,7 +77,7 @@ def summarize(run: Run) -> dict:
     return _summarize(run)[0]
 
 
-def _summarize(run: Run) -> tuple[dict, PhaseChange | None]:
+def _summarize(run: Run) -> tuple[dict, PhaseChangeResult | None]:
     candidate, failed = run_phase_change(run)
     phase = candidate if candidate is not None and not failed else None
     model = run.config.get("model") or {}

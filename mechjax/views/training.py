@@ -4,7 +4,7 @@ Every function builds a `matplotlib.figure.Figure` without touching pyplot's glo
 state or the interactive backend (so importing this module in a notebook changes
 nothing), saves it as PNG when `path` is given, and returns it. Steps are drawn on a
 log axis, so evaluations at step 0 are left out of step-axis plots. A detected phase
-change (`mechjax.dynamics.phase.PhaseChange`) is shaded as a band with its steepest point dashed.
+change (`mechjax.dynamics.phase.PhaseChangeResult`) is shaded as a band with its steepest point dashed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..dynamics.pca import PCAResult
-from ..dynamics.phase import PhaseChange
+from ..dynamics.phase import PhaseChangeResult
 from ..io.runs import FinalPattern, Run
 
 # PNG_SOFTWARE now lives in figures; still importable from here
@@ -33,7 +33,7 @@ def _positive(steps: np.ndarray, *series: np.ndarray):
     return (steps[keep], *(s[keep] for s in series))
 
 
-def _band(ax, phase: PhaseChange | None):
+def _band(ax, phase: PhaseChangeResult | None):
     """Shade the phase-change window; returns the band (for legends) or None."""
     if phase is None:
         return None
@@ -55,7 +55,7 @@ def _step_axis(ax, xlabel: str = "training step") -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
-def plot_loss(run: Run, phase: PhaseChange | None = None, path=None) -> Figure:
+def plot_loss(run: Run, phase: PhaseChangeResult | None = None, path=None) -> Figure:
     """Train and eval loss vs step (log x), phase-change band shaded."""
     fig, ax = new_figure()
     for key, name, style in (("train_loss", "train", "-"), ("eval_loss", "eval", "o-")):
@@ -73,7 +73,7 @@ def plot_loss(run: Run, phase: PhaseChange | None = None, path=None) -> Figure:
     return finish_figure(fig, path)
 
 
-def plot_icl(run: Run, phase: PhaseChange | None = None, path=None) -> Figure:
+def plot_icl(run: Run, phase: PhaseChangeResult | None = None, path=None) -> Figure:
     """ICL score vs step with the phase-change band; best induction score on a right axis."""
     fig, ax = new_figure()
     icl = run.series("icl_score")
@@ -111,7 +111,7 @@ def _icl_indices_text(run: Run) -> str:
 
 
 def plot_head_scores(
-    run: Run, score: str = "induction", phase: PhaseChange | None = None, path=None
+    run: Run, score: str = "induction", phase: PhaseChangeResult | None = None, path=None
 ) -> Figure:
     """Heat map of a per-head score `[eval, layer, head]` over training.
 
@@ -160,7 +160,7 @@ def _log_edges(steps: np.ndarray) -> np.ndarray:
     return np.exp(np.concatenate([[2 * x[0] - mid[0]], mid, [2 * x[-1] - mid[-1]]]))
 
 
-def pick_evals(steps: np.ndarray, phase: PhaseChange | None, n: int = 5) -> list[int]:
+def pick_evals(steps: np.ndarray, phase: PhaseChangeResult | None, n: int = 5) -> list[int]:
     """Indices of a few evaluations to compare: with a phase change, the first, the last
     ones before/at its start, at its steepest point, at its end, and the final one;
     otherwise `n` evaluations evenly spaced in ln(step)."""
@@ -177,7 +177,7 @@ def pick_evals(steps: np.ndarray, phase: PhaseChange | None, n: int = 5) -> list
 
 
 def plot_loss_by_position(
-    run: Run, phase: PhaseChange | None = None, evals: Sequence[int] | None = None, path=None
+    run: Run, phase: PhaseChangeResult | None = None, evals: Sequence[int] | None = None, path=None
 ) -> Figure:
     """Mean eval loss vs token index (log x) at a few evaluations (`evals`: indices into
     the run's evaluations; default `pick_evals`)."""
@@ -211,7 +211,7 @@ def plot_loss_by_position(
     return finish_figure(fig, path)
 
 
-def _phase_tag(step: int, phase: PhaseChange | None) -> str:
+def _phase_tag(step: int, phase: PhaseChangeResult | None) -> str:
     if phase is None:
         return ""
     if step < phase.start or step > phase.end:
@@ -247,7 +247,7 @@ def plot_pca(
     result: PCAResult,
     steps: Sequence[np.ndarray],
     labels: Sequence[str],
-    phases: Sequence[PhaseChange | None] | None = None,
+    phases: Sequence[PhaseChangeResult | None] | None = None,
     path=None,
 ) -> Figure:
     """Per-token-loss PCA trajectories (PC1 vs PC2; PC1 vs step when k = 1).
@@ -311,7 +311,7 @@ def plot_overlay(
     runs: Sequence[Run],
     key: str,
     ylabel: str,
-    phases: Sequence[PhaseChange | None] | None = None,
+    phases: Sequence[PhaseChangeResult | None] | None = None,
     path=None,
     title: str | None = None,
 ) -> Figure:
