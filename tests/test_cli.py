@@ -40,6 +40,8 @@ def _one_line(stderr: str) -> str:
         (["--set", "model.n_layers=1.5"], "n_layers must be an integer, got 1.5"),
         (["--set", 'train.seeds=[1, "x"]'], "seeds must be a list of integers"),
         (["--set", "model.bogus=1"], "unknown model fields ['bogus']"),
+        (["--set", "data.fraction=abc"], "fraction must be a number, got 'abc'"),
+        (["--set", "data.min_len=1.5"], "min_len must be an integer, got 1.5"),
         (["--set", "lr=1"], "--set takes SECTION.FIELD=VALUE"),
         (["--data", "no-such-data"], "unknown dataset 'no-such-data'"),
     ],

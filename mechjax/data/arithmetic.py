@@ -41,6 +41,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..model.checks import check_fields
 from .sampling import check_batch_size, check_n_batches, eval_rng, step_rng
 from .tokenizer import ByteTokenizer
 
@@ -110,6 +111,7 @@ class Arithmetic:
     holdout_every: int = 5
 
     def __post_init__(self):
+        check_fields(self, type(self).__name__)
         for field in ("n_ctx", "holdout_every"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int | np.integer):

@@ -17,6 +17,7 @@ import functools
 
 import numpy as np
 
+from ..model.checks import check_fields
 from .sampling import check_batch_size
 
 _SEGMENT_WORDS = {
@@ -38,6 +39,7 @@ class RepeatMixture:
     segments: str = "text"  # "text": a stretch of the row's own text; "random": random tokens
 
     def __post_init__(self):
+        check_fields(self, type(self).__name__)
         if self.segments not in ("text", "random"):
             raise ValueError(f"segments must be 'text' or 'random', got {self.segments!r}")
         if not 0 <= self.fraction <= 1:

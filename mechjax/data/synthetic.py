@@ -31,6 +31,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..model.checks import check_fields
 from .sampling import check_batch_size, check_n_batches, eval_rng, step_rng
 
 
@@ -69,6 +70,7 @@ class _Task:
     n_ctx: int = 64
 
     def __post_init__(self):
+        check_fields(self, type(self).__name__)
         self._check_ints("vocab_size", "n_ctx")
         if self.vocab_size < 3:
             raise ValueError(f"vocab_size must be >= 3 (two values and BOS), got {self.vocab_size}")

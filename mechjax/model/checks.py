@@ -79,6 +79,8 @@ def check_fields(config, where: str) -> None:
     a float, a list in a tuple field a tuple). Raises ValueError naming the field."""
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
+        if not field.init:  # derived in __post_init__, not given
+            continue
         value = getattr(config, field.name)
         ok, normalised = _conform(value, hints[field.name])
         if not ok:
