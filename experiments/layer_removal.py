@@ -195,11 +195,11 @@ def variance_explained_by_answer(states, digits) -> np.ndarray:
     """eta^2 per state [layer + 1]: between-digit sum of squares / total sum of squares
     of the residual vectors (in the full d_model space; 0 when all vectors coincide)."""
     x = np.asarray(states, np.float64)
-    centred = x - x.mean(axis=1, keepdims=True)
-    total = (centred**2).sum(axis=(1, 2))
+    centered = x - x.mean(axis=1, keepdims=True)
+    total = (centered**2).sum(axis=(1, 2))
     between = np.zeros_like(total)
     for d in np.unique(digits):
-        group = centred[:, digits == d]
+        group = centered[:, digits == d]
         between += group.shape[1] * (group.mean(axis=1) ** 2).sum(-1)
     varies = total > 1e-12 * np.maximum(1.0, (x**2).sum(axis=(1, 2)))
     return np.where(varies, between / np.where(varies, total, 1.0), 0.0)
@@ -207,16 +207,16 @@ def variance_explained_by_answer(states, digits) -> np.ndarray:
 
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(coordinates [n, 2], explained-variance ratios [2]) of `x [n, d]` on its own top-2
-    principal components (centred SVD); zeros when x has no variance."""
+    principal components (centered SVD); zeros when x has no variance."""
     x = np.asarray(x, np.float64)  # a float32 mean would leave rounding noise as "variance"
-    centred = x - x.mean(axis=0)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    centered = x - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(centered, full_matrices=False)
     total = (s**2).sum()
     if total <= 1e-12 * max(1.0, float((x**2).sum())):
         return np.zeros((len(x), 2)), np.zeros(2)
     k = min(2, len(s))
     coords = np.zeros((len(x), 2))
-    coords[:, :k] = centred @ vt[:k].T
+    coords[:, :k] = centered @ vt[:k].T
     ratios = np.zeros(2)
     ratios[:k] = s[:k] ** 2 / total
     return coords, ratios

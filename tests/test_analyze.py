@@ -70,8 +70,8 @@ def test_two_layer_report_and_its_path_summary_adds_up(tmp_path):
     )
     logits = np.asarray(mj.forward(params, tokens, ATTN2), np.float64)
     target = np.take_along_axis(logits[:, :-1], tokens[:, 1:, None], -1)[..., 0]
-    centred = target - logits[:, :-1].mean(-1)
-    expected = centred[:, 1 + seg_len :].mean()
+    centered = target - logits[:, :-1].mean(-1)
+    expected = centered[:, 1 + seg_len :].mean()
     total = summary["paths"]["second_copy"]["total"]
     np.testing.assert_allclose(total, expected, rtol=1e-4, atol=1e-4)
     terms = summary["paths"]["second_copy"]["terms"]

@@ -45,10 +45,10 @@ def test_dla_tables_sum_to_the_logits(name):
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
     writes = np.asarray(stream["head_writes"], np.float64)  # [layer, batch, pos, head, d]
     scale = np.asarray(stream["ln_final_scale"], np.float64)[None, :, :, None]
-    centred = (
+    centered = (
         writes - writes.mean(-1, keepdims=True) if cfg.normalization == "layernorm" else writes
     )
-    normed = centred * scale * (cfg.norm_weight_offset + p["ln_final_w"])
+    normed = centered * scale * (cfg.norm_weight_offset + p["ln_final_w"])
     W_U = p["W_U"] if "W_U" in p else p["W_E"].T
     direction = W_U[:, answer] - W_U[:, wrong]  # [d_model, batch]
     per_head = np.einsum("lbphd,db->lhbp", normed, direction)

@@ -293,7 +293,7 @@ def test_fold_norms_untie_and_create_biases():
     params = random_model(cfg, seed=8)
     folded, cfg2 = circuits.fold_norms(params, cfg)
     assert cfg.tied_embeddings and not cfg2.tied_embeddings
-    # RMSNorm: no centring, no bias; the final norm's (1 + w) multiplies the rows of W_E^T
+    # RMSNorm: no centering, no bias; the final norm's (1 + w) multiplies the rows of W_E^T
     W_U = np.asarray(params["W_E"]).T * (1.0 + np.asarray(params["ln_final_w"]))[:, None]
     np.testing.assert_allclose(folded["W_U"], W_U, rtol=1e-6)
     # post-norms are not folded
@@ -301,7 +301,7 @@ def test_fold_norms_untie_and_create_biases():
     ln = SMALL_CONFIGS["attn3_nopos"]  # LayerNorm without biases in the config
     folded, ln2 = circuits.fold_norms(random_model(ln, seed=9), ln)
     assert ln2.use_attn_bias and ln2.use_unembed_bias and not ln.use_attn_bias
-    # centring folded in: every reading column has zero mean over d_model
+    # centering folded in: every reading column has zero mean over d_model
     np.testing.assert_allclose(np.asarray(folded["blocks"]["W_Q"]).mean(-2), 0.0, atol=1e-6)
 
 

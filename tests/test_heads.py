@@ -264,7 +264,7 @@ def _stream(pattern_qk, z_pd):
 @pytest.mark.parametrize("name", ["attn1_nonorm", "attn2_ln_bias", "gemma1_mqa", "gemma2_gqa"])
 def test_head_logit_effects_equal_head_writes_through_the_norms(name):
     """The z-route equals each head's captured write pushed through the final norm's
-    linear part (frozen scale, no bias) and W_U, in numpy float64: LayerNorm centring,
+    linear part (frozen scale, no bias) and W_U, in numpy float64: LayerNorm centering,
     RMSNorm offsets, Gemma 2's post-attention norm (whose scale head_writes already holds)."""
     cfg = SMALL_CONFIGS[name]
     params = random_model(cfg, seed=1)

@@ -219,8 +219,8 @@ def test_logit_direction_modes_match_full_logits():
     _close(one.values, pick(full, ids), rtol=1e-5)
     diff = path_decomposition(params, cfg, tokens, token_ids=ids, minus_ids=other)
     _close(diff.values, pick(full, ids) - pick(full, other), rtol=1e-5)
-    centred = path_decomposition(params, cfg, tokens, token_ids=3, minus_ids="mean")
-    _close(centred.values, full[..., 3] - full.mean(-1), rtol=1e-5)
+    centered = path_decomposition(params, cfg, tokens, token_ids=3, minus_ids="mean")
+    _close(centered.values, full[..., 3] - full.mean(-1), rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["nonorm_bias", "gemma_like"])

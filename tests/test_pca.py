@@ -1,5 +1,5 @@
 """Per-token-loss PCA against an independent float64 eigendecomposition of the covariance,
-and its invariances (centring, run order and grouping, sign convention, scaling)."""
+and its invariances (centering, run order and grouping, sign convention, scaling)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_centring_makes_a_constant_shift_irrelevant():
     for x, y in zip(a.trajectories, b.trajectories):
         np.testing.assert_allclose(x, y, atol=1e-9)
     np.testing.assert_allclose(b.mean, a.mean + shift, atol=1e-9)
-    # the trajectories of all runs together are centred
+    # the trajectories of all runs together are centered
     np.testing.assert_allclose(np.concatenate(a.trajectories).mean(0), 0, atol=1e-10)
 
 

@@ -44,11 +44,11 @@ TOL = 1e-5
 # -- the reference ----------------------------------------------------------------------------
 
 
-def _norm(x, w, b, cfg, *, centre=None, offset=None):
+def _norm(x, w, b, cfg, *, center=None, offset=None):
     """LayerNorm / RMSNorm over the last axis, float64."""
-    centre = cfg.normalization == "layernorm" if centre is None else centre
+    center = cfg.normalization == "layernorm" if center is None else center
     offset = cfg.norm_weight_offset if offset is None else offset
-    if centre:
+    if center:
         x = x - x.mean(-1, keepdims=True)
     y = x / np.sqrt((x * x).mean(-1, keepdims=True) + cfg.norm_eps) * (offset + w)
     return y if b is None else y + b
@@ -153,7 +153,7 @@ def reference_forward(params, tokens, cfg, wrong=frozenset()):
             else:
                 post = _act(cfg.act_fn, pre)
             if cfg.act_fn == "solu":  # SoLU's own LayerNorm: plain w, no Gemma offset
-                post = _norm(post, lp["ln_mlp_w"], lp["ln_mlp_b"], cfg, centre=True, offset=0.0)
+                post = _norm(post, lp["ln_mlp_w"], lp["ln_mlp_b"], cfg, center=True, offset=0.0)
             mlp = post @ lp["W_out"] + (lp["b_out"] if cfg.use_mlp_bias else 0.0)
             if cfg.post_mlp_norm:
                 mlp = _norm(mlp, lp["ln2_post_w"], lp.get("ln2_post_b"), cfg, offset=offset)

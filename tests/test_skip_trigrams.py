@@ -20,7 +20,7 @@ def _np(params):
 
 def _dense_circuits(params, cfg):
     """Full OV `[head, src, out]` and QK `[head, dst, src]` in float64, norm weights folded
-    as `P diag(offset + w) W`, with `P = I - 11^T / d_model` for LayerNorm's centring."""
+    as `P diag(offset + w) W`, with `P = I - 11^T / d_model` for LayerNorm's centering."""
     p = _np(params)
     b = p["blocks"]
     d = cfg.d_model

@@ -14,7 +14,7 @@ correct token?
    measured (averaged over noise draws and prompts):
    * hidden: the residual stream after block `l` (`resid_post`) at one position;
    * mlp / attn: the MLP (`mlp_out`) or attention (`attn_out`) outputs of a window of
-     `window` layers centred on `l` at one position: layers
+     `window` layers centered on `l` at one position: layers
      `max(0, l - window // 2) <= l' < min(n_layers, l - window // 2 + window)` (the
      paper uses 10).
 
@@ -67,7 +67,7 @@ def embedding_std(params, cfg: ModelConfig) -> float:
 
 
 def window_layers(layer: int, window: int, n_layers: int) -> np.ndarray:
-    """The `window` layer indices centred on `layer`, clipped to the model: `[window]`
+    """The `window` layer indices centered on `layer`, clipped to the model: `[window]`
     ints whose set is `max(0, l - w//2) .. min(n_layers, l - w//2 + w) - 1`.
 
     The fixed length keeps cells vmappable: clipping repeats an end layer, and an

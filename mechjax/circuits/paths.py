@@ -13,7 +13,7 @@ with `x [batch, pos, d_model]` the embedding (token plus learned position) in me
 row-vector convention. `path_decomposition` returns each term's contribution to the
 logits on a given input.
 
-How norms are handled. A LayerNorm/RMSNorm is `N(r) = centre(r) * s(r) * (offset + w) + b`
+How norms are handled. A LayerNorm/RMSNorm is `N(r) = center(r) * s(r) * (offset + w) + b`
 with a data-dependent scale `s(r)` per (batch, position). With `s` frozen at its value in
 the run on this input (the pre-attention scale of every layer, `ln1_scale`, and the
 final scale, `ln_final_scale`), `N` is linear in `r` plus the constant `b`, so the

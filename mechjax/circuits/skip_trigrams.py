@@ -18,7 +18,7 @@ per chunk, then a top-k of the candidates), and a QK column is one matrix-vector
 product, so a 256k vocabulary needs memory for one chunk of rows only.
 
 By default the norm weights are folded into the weights first (`mechjax.circuits.fold_norms`:
-LayerNorm centring and weights; the data-dependent scales are left out, as in the
+LayerNorm centering and weights; the data-dependent scales are left out, as in the
 circuits themselves), biases and positional embeddings are left out, and for RoPE the
 QK circuit is the score at relative offset 0.
 """

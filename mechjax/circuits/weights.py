@@ -19,7 +19,7 @@ These are the weights as stored; they leave out biases, the attention scale
 (`cfg.attn_scale`), soft-capping, every norm (Gemma 3's per-head q/k norms included: they
 rescale q and k by data-dependent factors) and, for RoPE models, the rotation (the token
 QK circuit is the score at relative offset 0; `positional_qk_circuit` gives the rest). Call `fold_norms` first to include the
-norm weights and LayerNorm centring (what it can and cannot fold is listed there). The
+norm weights and LayerNorm centering (what it can and cannot fold is listed there). The
 embedding is `W_E * cfg.embed_scale` (Gemma multiplies it by sqrt(d_model)).
 
 Correspondence with TransformerLens: `qk_circuit` / `ov_circuit` are TL's `model.QK` /
@@ -151,28 +151,28 @@ def _rope_offset_scores(params, cfg: ModelConfig, query, key, n_offsets: int) ->
 # -- folding norms into the weights ---------------------------------------------------------------
 
 
-def _fold_reader(W, multiplier, bias, centre: bool):
-    """Fold a norm `y = centre(x) * s * multiplier + bias` into the matrix `W [..., d, out]`
-    that reads y: returns `(W', b)` with `y W = (centre(x) * s) W' + b`.
+def _fold_reader(W, multiplier, bias, center: bool):
+    """Fold a norm `y = center(x) * s * multiplier + bias` into the matrix `W [..., d, out]`
+    that reads y: returns `(W', b)` with `y W = (center(x) * s) W' + b`.
 
-    `W' = (I - 11^T/d) diag(multiplier) W` (centring folded in: subtract the mean over
+    `W' = (I - 11^T/d) diag(multiplier) W` (centering folded in: subtract the mean over
     the d axis), `b = bias W` (None without a bias). `multiplier`, `bias`: `[..., d]`.
     """
     folded = multiplier[..., :, None] * W
-    if centre:
+    if center:
         folded = folded - folded.mean(axis=-2, keepdims=True)
     added = None if bias is None else (bias[..., :, None] * W).sum(axis=-2)
     return folded, added
 
 
 def fold_norms(params: Params, cfg: ModelConfig) -> tuple[Params, ModelConfig]:
-    """Fold norm weights, biases and LayerNorm centring into the matrices that read them.
+    """Fold norm weights, biases and LayerNorm centering into the matrices that read them.
 
     Returns `(params', cfg')` computing exactly the same function (`forward(params', ...,
     cfg') == forward(params, ..., cfg)` to float rounding), with every folded norm left at
     its identity (weight `1 - norm_weight_offset`, bias 0), so circuits of `params'`
-    include the norm weights. A norm `y = centre(x) * s(x) * (offset + w) + b` read by `W`
-    gives `y W = (centre(x) s(x)) W' + b W` with `W' = (I - 11^T/d) diag(offset + w) W`:
+    include the norm weights. A norm `y = center(x) * s(x) * (offset + w) + b` read by `W`
+    gives `y W = (center(x) s(x)) W' + b W` with `W' = (I - 11^T/d) diag(offset + w) W`:
 
     * ln1 -> rows of W_Q, W_K, W_V; ln1_b W -> b_Q, b_K, b_V;
     * ln2 -> rows of W_in (and W_gate); ln2_b W_in -> b_in;
@@ -212,7 +212,7 @@ class _NormFolder:
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
-        self.centre = cfg.normalization == "layernorm"
+        self.center = cfg.normalization == "layernorm"
         self.identity = 1.0 - cfg.norm_weight_offset
         self.changes: dict = {}
 
@@ -238,7 +238,7 @@ class _NormFolder:
         bias = _f32(blocks.get("ln1_b"))
         bias = None if bias is None else bias[:, None, :]
         for name in ("Q", "K", "V"):
-            W, b = _fold_reader(_f32(blocks[f"W_{name}"]), mult, bias, self.centre)
+            W, b = _fold_reader(_f32(blocks[f"W_{name}"]), mult, bias, self.center)
             blocks[f"W_{name}"] = W.astype(dtype)
             if b is not None:
                 self.add_bias(blocks, f"b_{name}", b, dtype, "use_attn_bias")
@@ -255,7 +255,7 @@ class _NormFolder:
             for name in ("W_in", "W_gate"):
                 if name not in blocks:
                     continue
-                W, b = _fold_reader(_f32(blocks[name]), mult, bias, self.centre)
+                W, b = _fold_reader(_f32(blocks[name]), mult, bias, self.center)
                 blocks[name] = W.astype(dtype)
                 if b is not None and name == "W_in":
                     created |= "b_in" not in blocks
@@ -278,7 +278,7 @@ class _NormFolder:
         """ln_final -> W_U (tied embeddings are untied), ln_final_b W_U -> b_U."""
         W_U = unembedding(params)
         mult, bias = self.multiplier(params["ln_final_w"]), _f32(params.get("ln_final_b"))
-        W, b = _fold_reader(_f32(W_U), mult, bias, self.centre)
+        W, b = _fold_reader(_f32(W_U), mult, bias, self.center)
         params["W_U"] = W.astype(W_U.dtype)
         if self.cfg.tied_embeddings:
             self.changes["tied_embeddings"] = False

@@ -3,11 +3,11 @@
 Olsson et al. 2022 ("In-context Learning and Induction Heads", the per-token loss
 analysis): fix N examples and one token index per example; at every snapshot of a model,
 the losses at those N tokens form a vector. Stack the vectors of all snapshots of all
-compared models into one matrix `[snapshot, example]`, centre it (subtract the mean
+compared models into one matrix `[snapshot, example]`, center it (subtract the mean
 snapshot), and project every snapshot on the first principal components. Trajectories
 pivot inside the phase-change window.
 
-The principal components are the right singular vectors of the centred matrix (SVD).
+The principal components are the right singular vectors of the centered matrix (SVD).
 Sign convention, so that the same data always gives the same picture: each component is
 oriented so that its loadings sum to a positive number (a higher coordinate means a
 higher total loss on the fixed tokens); when that sum is zero to rounding, its
@@ -29,7 +29,7 @@ class PCAResult:
     trajectories: per run, `[snapshot_i, component]` coordinates of its snapshots.
     components: `[component, example]` unit principal directions (rows orthonormal).
     explained_variance_ratio: `[component]` share of the total variance of the stacked,
-        centred matrix along each component.
+        centered matrix along each component.
     explained_variance: `[component]` variance along each component (denominator M - 1,
         M = snapshots of all runs together).
     mean: `[example]` the mean snapshot that was subtracted.
@@ -63,7 +63,7 @@ def per_token_loss_pca(snapshots: Sequence[np.ndarray], n_components: int = 2) -
       snapshots: one array per run, `losses [snapshot_i, example]` (nats); all runs must
         use the same N examples in the same order (the same fixed eval tokens).
       n_components: number of principal components k, 1 <= k <= min(M - 1, N) with
-        M the total number of snapshots (centring removes one dimension).
+        M the total number of snapshots (centering removes one dimension).
 
     Returns a `PCAResult` whose `trajectories[i]` is `[snapshot_i, k]`.
     """
@@ -80,8 +80,8 @@ def per_token_loss_pca(snapshots: Sequence[np.ndarray], n_components: int = 2) -
             "ask for fewer components or record more snapshots"
         )
     mean = stacked.mean(axis=0)
-    centred = stacked - mean
-    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    centered = stacked - mean
+    _, singular, vt = np.linalg.svd(centered, full_matrices=False)
     total_var = float(np.sum(singular**2))
     if not total_var > 0:
         raise ValueError(

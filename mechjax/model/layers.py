@@ -12,27 +12,27 @@ import numpy as np
 from .config import ModelConfig
 
 
-def norm_scale(x: jax.Array, *, centre: bool, eps: float) -> jax.Array:
+def norm_scale(x: jax.Array, *, center: bool, eps: float) -> jax.Array:
     """The norm's data-dependent multiplier, `[..., 1]`, computed in float32.
 
-    LayerNorm (`centre=True`): 1/sqrt(var(x) + eps); RMSNorm: 1/sqrt(mean(x^2) + eps).
+    LayerNorm (`center=True`): 1/sqrt(var(x) + eps); RMSNorm: 1/sqrt(mean(x^2) + eps).
     Freezing this value makes the norm a linear map (plus its bias), which is what lets
     the residual stream be decomposed exactly through norms.
     """
     x = x.astype(jnp.float32)
-    if centre:
+    if center:
         x = x - x.mean(-1, keepdims=True)
     return jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
 
 
-def apply_norm_linear(x, scale, w, *, centre: bool, offset: float = 0.0):
-    """The norm's linear part with its scale frozen: `centre(x) * scale * (offset + w)`.
+def apply_norm_linear(x, scale, w, *, center: bool, offset: float = 0.0):
+    """The norm's linear part with its scale frozen: `center(x) * scale * (offset + w)`.
 
     Computed in float32 and cast back, as Gemma's reference does.
     """
     dtype = x.dtype
     x = x.astype(jnp.float32)
-    if centre:
+    if center:
         x = x - x.mean(-1, keepdims=True)
     return (x * scale * (offset + w.astype(jnp.float32))).astype(dtype)
 
@@ -41,15 +41,15 @@ class Norm:
     """The model's norm (LayerNorm or RMSNorm, as the config says) as three operations."""
 
     def __init__(self, cfg: ModelConfig):
-        self.centre = cfg.normalization == "layernorm"
+        self.center = cfg.normalization == "layernorm"
         self.eps = cfg.norm_eps
         self.offset = cfg.norm_weight_offset
 
     def scale(self, x):
-        return norm_scale(x, centre=self.centre, eps=self.eps)
+        return norm_scale(x, center=self.center, eps=self.eps)
 
     def linear(self, x, scale, w):
-        return apply_norm_linear(x, scale, w, centre=self.centre, offset=self.offset)
+        return apply_norm_linear(x, scale, w, center=self.center, offset=self.offset)
 
     def __call__(self, x, scale, w, b=None):
         y = self.linear(x, scale, w)

@@ -155,9 +155,9 @@ def _mlp(h, lp, cfg: ModelConfig, norm, site: _SiteHooks):
     else:
         post = layers.activation(cfg.act_fn, site("mlp_pre", pre))
         if cfg.act_fn == "solu":  # SoLU is followed by its own LayerNorm (Elhage et al. 2022)
-            scale = layers.norm_scale(post, centre=True, eps=cfg.norm_eps)
+            scale = layers.norm_scale(post, center=True, eps=cfg.norm_eps)
             post = (
-                layers.apply_norm_linear(post, scale, lp["ln_mlp_w"], centre=True) + lp["ln_mlp_b"]
+                layers.apply_norm_linear(post, scale, lp["ln_mlp_w"], center=True) + lp["ln_mlp_b"]
             )
     post = site("mlp_post", post)
     out = jnp.einsum("bpm,md->bpd", post, lp["W_out"])

@@ -1,7 +1,7 @@
 """The output head, one path for everything that turns a residual into logits: the
 forward pass, the lenses, direct logit attribution and the head detectors.
 
-    final norm   N(r) = centre(r) * s(r) * (offset + w) + b    (LayerNorm or RMSNorm;
+    final norm   N(r) = center(r) * s(r) * (offset + w) + b    (LayerNorm or RMSNorm;
                  `s(r)` the data-dependent scale, `layers.norm_scale`)
     logits       softcap(N(r) @ W_U + b_U)
 

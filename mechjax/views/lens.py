@@ -37,7 +37,7 @@ def plot_logit_lens(
     image = ax.imshow(probs, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto", origin="lower")
     for row in range(n_rows):
         for col in range(n_pos):
-            colour = "white" if probs[row, col] > 0.6 else "black"
+            text_color = "white" if probs[row, col] > 0.6 else "black"
             ax.text(
                 col,
                 row,
@@ -45,7 +45,7 @@ def plot_logit_lens(
                 ha="center",
                 va="center",
                 fontsize=8,
-                color=colour,
+                color=text_color,
             )
     ax.set_yticks(range(n_rows), ["embed"] + [f"L{i}" for i in range(n_rows - 1)])
     if tokens is not None:
