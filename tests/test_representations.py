@@ -1,0 +1,188 @@
+"""Probes and LEACE (`mechjax.representations`) against independent references: ridge
+in numpy float64, logistic regression against scikit-learn, LEACE against EleutherAI's
+`concept-erasure` in float64, and the defining properties of an erasure."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import SMALL_CONFIGS, random_model, random_tokens
+
+import mechjax as mj
+from mechjax.representations import leace, probes
+
+
+def _blobs(n=300, d=6, k=3, seed=0, spread=1.5, labels=None):
+    """Gaussian classes with random means and a random (correlated) covariance."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n) if labels is None else labels
+    means = rng.standard_normal((k, d)) * spread
+    mix = rng.standard_normal((d, d)) / np.sqrt(d)
+    x = means[labels] + rng.standard_normal((n, d)) @ mix + 0.3 * rng.standard_normal((n, d))
+    return x.astype(np.float32), labels
+
+
+# -- probes -------------------------------------------------------------------------------------
+
+
+def test_ridge_equals_its_closed_form_in_float64():
+    x, _ = _blobs()
+    rng = np.random.default_rng(1)
+    y = x @ rng.standard_normal((6, 2)) + 0.5 + 0.1 * rng.standard_normal((300, 2))
+    W, b = probes.fit_ridge(jnp.asarray(x), jnp.asarray(y, jnp.float32), alpha=3.0)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    xc, yc = x64 - x64.mean(0), y64 - y64.mean(0)
+    W_ref = np.linalg.solve(xc.T @ xc + 3.0 * np.eye(6), xc.T @ yc)
+    b_ref = y64.mean(0) - x64.mean(0) @ W_ref
+    np.testing.assert_allclose(W, W_ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b, b_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_logistic_regression_matches_scikit_learn():
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    x, labels = _blobs(n=400, spread=0.8)
+    ours_W, ours_b = probes.fit_logistic(jnp.asarray(x), jnp.asarray(labels), 3, C=0.5)
+    ref = linear_model.LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(x, labels)
+    np.testing.assert_allclose(np.asarray(ours_W).T, ref.coef_, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(ours_b, ref.intercept_, rtol=2e-3, atol=2e-3)
+    ours_pred = np.argmax(x @ np.asarray(ours_W) + np.asarray(ours_b), -1)
+    assert np.mean(ours_pred == ref.predict(x)) > 0.99
+
+
+@pytest.mark.parametrize("kind", ["logistic", "ridge"])
+def test_the_layer_sweep_equals_fitting_each_layer_alone(kind):
+    labels = np.random.default_rng(9).integers(0, 3, 120)
+    acts = np.stack([_blobs(n=120, seed=s, spread=0.2 + s, labels=labels)[0] for s in range(3)])
+    target = labels if kind == "logistic" else labels.astype(np.float32)
+    swept = probes.probe(acts, target, kind=kind, steps=100)
+    assert swept.weights.shape[0] == 3 and swept.test_score.shape == (3,)
+    for layer in range(3):
+        alone = probes.probe(acts[layer], target, kind=kind, steps=100)
+        # ridge is closed form; L-BFGS iterates, and batching changes its float32 rounding
+        tol = dict(rtol=1e-4, atol=1e-5) if kind == "ridge" else dict(rtol=2e-3, atol=2e-4)
+        np.testing.assert_allclose(swept.weights[layer], alone.weights, **tol)
+        np.testing.assert_allclose(swept.test_score[layer], alone.test_score, atol=1e-4)
+    # better-separated classes (larger spread) are more decodable
+    assert swept.test_score[2] > swept.test_score[0]
+
+
+def test_control_task_and_selectivity():
+    """Labels that are a linear function of the representation give a selective probe;
+    control labels (one random label per token type) are constant within a type."""
+    rng = np.random.default_rng(3)
+    n_types, n = 40, 400
+    token_ids = rng.integers(0, n_types, n)
+    x, labels = _blobs(n=n, spread=2.0, seed=4)
+    control = probes.control_labels(token_ids, labels, seed=0)
+    for t in np.unique(token_ids):
+        assert len(set(control[token_ids == t])) == 1
+    assert set(np.unique(control)) <= set(np.unique(labels))
+    result = probes.probe(x, labels, control=control, steps=100)
+    assert result.test_score > 0.8
+    assert result.selectivity == pytest.approx(result.test_score - result.control_score)
+    assert result.selectivity > 0.3  # x carries the classes, not the token types
+
+
+def test_probe_bad_input():
+    x, labels = _blobs(n=50)
+    with pytest.raises(ValueError, match="one example per label"):
+        probes.probe(x, labels[:-1])
+    with pytest.raises(ValueError, match="integer class labels"):
+        probes.probe(x, labels.astype(float))
+    with pytest.raises(ValueError, match="kind="):
+        probes.probe(x, labels, kind="svm")
+    with pytest.raises(ValueError, match="must both be"):
+        probes.control_labels(labels[:-1], labels)
+
+
+# -- LEACE -------------------------------------------------------------------------------------
+
+
+def _concept_erasure_eraser(x, labels, k, **options):
+    torch = pytest.importorskip("torch")
+    ce = pytest.importorskip("concept_erasure")
+    z = np.eye(k)[labels]
+    fitter = ce.LeaceFitter(x.shape[1], k, dtype=torch.float64, **options)
+    fitter.update(torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(z, dtype=torch.float64))
+    return fitter.eraser
+
+
+@pytest.mark.parametrize("shrinkage", [False, True])
+def test_leace_equals_concept_erasure_in_float64(shrinkage):
+    torch = pytest.importorskip("torch")
+    x, labels = _blobs(n=250, d=8, k=4)
+    x64 = x.astype(np.float64)
+    ref = _concept_erasure_eraser(
+        x64, labels, 4, shrinkage=shrinkage, constrain_cov_trace=False, svd_tol=1e-9
+    )
+    want = ref(torch.as_tensor(x64)).numpy()
+    fitter = leace.LeaceFitter(8, 4)
+    for part in np.array_split(np.arange(250), 3):  # streaming: three batches
+        fitter.update(x64[part], labels[part])
+    eraser = fitter.eraser(svd_tol=1e-9, shrinkage=shrinkage, dtype=jnp.float32)
+    got64 = (
+        x64
+        - ((x64 - fitter.mean_x) @ np.asarray(eraser.right, np.float64).T)
+        @ np.asarray(eraser.left, np.float64).T
+    )
+    change = np.abs(want - x64).max()
+    assert change > 0.1
+    # the float32 eraser's factors, applied in float64, agree to float32 rounding
+    np.testing.assert_allclose(got64, want, atol=1e-5 * np.abs(x64).max())
+    # in float64 end to end (factors kept float64 through numpy)
+    fitter64 = fitter.eraser(svd_tol=1e-9, shrinkage=shrinkage, dtype=np.float64)
+    assert eraser.rank == fitter64.rank == 3
+
+
+def test_after_erasure_no_linear_probe_beats_the_constant():
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    x, labels = _blobs(n=600, d=8, k=3, spread=2.0)
+    eraser = leace.fit_leace(x, labels, 3)
+    erased = np.asarray(eraser(jnp.asarray(x)), np.float64)
+    # class-conditional means coincide (relative to the data's scale)
+    means = np.stack([erased[labels == c].mean(0) for c in range(3)])
+    assert np.abs(means - means.mean(0)).max() < 1e-4 * np.abs(x).max()
+    before = linear_model.LogisticRegression(max_iter=2000).fit(x, labels).score(x, labels)
+    after = linear_model.LogisticRegression(max_iter=2000).fit(erased, labels).score(erased, labels)
+    majority = np.bincount(labels).max() / len(labels)
+    assert before > 0.9 and after <= majority + 0.03
+    # idempotent, and the change has rank at most n_classes - 1
+    twice = np.asarray(eraser(eraser(jnp.asarray(x))))
+    np.testing.assert_allclose(twice, erased, atol=1e-4 * np.abs(x).max())
+    assert np.linalg.matrix_rank(np.asarray(eraser.P, np.float64) - np.eye(8), tol=1e-4) <= 2
+
+
+def test_oracle_leace_removes_the_concept_exactly():
+    x, labels = _blobs(n=300, d=5, k=3)
+    fitter = leace.LeaceFitter(5, 3).update(x, labels)
+    erased = fitter.oracle(x, labels)
+    z = np.eye(3)[labels]
+    cross = (erased - erased.mean(0)).T @ (z - z.mean(0))
+    assert np.abs(cross).max() < 1e-8 * len(x) * np.abs(x).max()
+
+
+def test_the_eraser_as_an_edit_inside_the_forward_pass():
+    cfg = SMALL_CONFIGS["mlp_gelu"]
+    params = random_model(cfg, seed=2)
+    tokens = random_tokens(cfg, batch=16, n_pos=8, seed=3)
+    _, stream = mj.run_with_stream(params, tokens, cfg, capture=["resid_mid"])
+    acts = np.asarray(stream["resid_mid"][0]).reshape(-1, cfg.d_model)  # [example, d]
+    labels = (np.asarray(tokens).reshape(-1) % 2).astype(int)  # the token's parity
+    eraser = leace.fit_leace(acts, labels, 2)
+    edit = leace.erase_edit(eraser, "resid_mid", layer=0)
+    _, edited = mj.run_with_stream(params, tokens, cfg, capture=["resid_mid"], edits=[edit])
+    after = np.asarray(edited["resid_mid"][0]).reshape(-1, cfg.d_model)
+    np.testing.assert_allclose(after, np.asarray(eraser(jnp.asarray(acts))), atol=1e-5)
+    gap = after[labels == 1].mean(0) - after[labels == 0].mean(0)
+    assert np.abs(gap).max() < 1e-4 * np.abs(acts).max()
+
+
+def test_leace_bad_input():
+    fitter = leace.LeaceFitter(4, 2)
+    with pytest.raises(ValueError, match=r"class ids must lie in \[0, 2\)"):
+        fitter.update(np.zeros((3, 4)), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="one label per activation row"):
+        fitter.update(np.zeros((3, 4)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        leace.LeaceFitter(4, 2).eraser()
