@@ -4,13 +4,18 @@ in numpy float64, logistic regression against scikit-learn, LEACE against Eleuth
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import SMALL_CONFIGS, random_model, random_tokens
 
 import mechjax as mj
-from mechjax.representations import leace, probes
+from mechjax.representations import leace, probes, steering
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _blobs(n=300, d=6, k=3, seed=0, spread=1.5, labels=None):
@@ -186,3 +191,94 @@ def test_leace_bad_input():
         fitter.update(np.zeros((3, 4)), np.array([0, 1]))
     with pytest.raises(ValueError, match="at least 2 samples"):
         leace.LeaceFitter(4, 2).eraser()
+
+
+# -- steering ----------------------------------------------------------------------------------
+
+
+def test_mean_difference_and_reading_vector_against_numpy():
+    rng = np.random.default_rng(5)
+    pos = rng.standard_normal((2, 30, 6)) + np.array([1.0, 0, 0, 0, 0, 2.0])
+    neg = rng.standard_normal((2, 30, 6))
+    np.testing.assert_allclose(
+        steering.mean_difference(pos, neg), pos.mean(1) - neg.mean(1), rtol=1e-5, atol=1e-6
+    )
+    got = np.asarray(steering.reading_vector(pos, neg))
+    for layer in range(2):
+        diff = pos[layer] - neg[layer]
+        _, _, vh = np.linalg.svd(diff - diff.mean(0))
+        want = vh[0] * np.sign(vh[0] @ diff.mean(0))
+        np.testing.assert_allclose(got[layer], want, atol=1e-4)
+
+
+def test_steering_sweep_equals_single_edits_and_zero_is_a_no_op():
+    cfg = SMALL_CONFIGS["gemma2_gqa"]
+    params = random_model(cfg, seed=6)
+    tokens = random_tokens(cfg, batch=3, n_pos=9, seed=7)
+    vectors = (
+        np.random.default_rng(8).standard_normal((cfg.n_layers, cfg.d_model)).astype(np.float32)
+    )
+    coeffs = [0.0, 0.5, -2.0]
+    result = steering.steering_sweep(
+        params, cfg, tokens, vectors, coeffs, answers=(3, 5), site="resid_mid"
+    )
+    assert result.values.shape == (cfg.n_layers, 3)
+    np.testing.assert_allclose(result.values[:, 0], result.baseline, atol=1e-5)
+    for layer in range(cfg.n_layers):
+        for j, c in enumerate(coeffs):
+            edit = mj.edits.steer("resid_mid", vectors[layer], layer=layer, coeff=c)
+            logits = mj.forward(params, tokens, cfg, edits=[edit])[:, -1]
+            want = float(np.mean(logits[:, 3] - logits[:, 5]))
+            np.testing.assert_allclose(result.values[layer, j], want, atol=1e-4)
+    assert np.abs(result.values[:, 2] - result.baseline).max() > 1e-2  # it does steer
+
+
+def test_a_contrast_vector_moves_the_trained_model_as_expected():
+    """On the shipped byte-level model: prompts ending in 'q' vs in 'x'. The behaviour is
+    the logit difference between the next tokens the 'q' prompts favour most and least
+    relative to the 'x' prompts. Steering the 'x' prompts along the contrast vector at
+    the embeddings raises it with the coefficient, and at coefficient 1 (the vector is
+    then exactly W_E[q] - W_E[x]) reproduces the 'q' prompts."""
+    from mechjax.cli.analyze import load_any
+
+    model = load_any(ROOT / "checkpoints" / "attn2")
+    params, cfg = model.params, model.cfg
+    rng = np.random.default_rng(0)
+    text = np.array([ord(c) for c in "abcdefghijklmnoprstvwy "])
+    prompts = rng.choice(text, size=(16, 12))
+    positive, negative = prompts.copy(), prompts.copy()
+    positive[:, -1], negative[:, -1] = ord("q"), ord("x")
+    vectors = steering.contrast_vectors(params, cfg, positive, negative, site="resid_pre")
+
+    def next_probs(tokens):
+        return np.asarray(jax.nn.softmax(mj.forward(params, tokens, cfg)[:, -1], -1)).mean(0)
+
+    shift = next_probs(positive) - next_probs(negative)
+    up, down = int(np.argmax(shift)), int(np.argmin(shift))
+
+    def behaviour(logits):
+        return jnp.mean(logits[:, -1, up] - logits[:, -1, down])
+
+    last = negative.shape[1] - 1  # steer where the prompts differ
+    result = steering.steering_sweep(
+        params, cfg, negative, vectors, [0.0, 0.5, 1.0], metric=behaviour, layers=[0], pos=last
+    )
+    assert np.all(np.diff(result.values[0]) > 0.1), result.values
+    want = float(behaviour(mj.forward(params, positive, cfg)))
+    np.testing.assert_allclose(result.values[0, 2], want, atol=1e-3)
+
+
+def test_steering_bad_input():
+    cfg = SMALL_CONFIGS["attn2_ln_bias"]
+    params = random_model(cfg)
+    tokens = random_tokens(cfg, batch=2, n_pos=5)
+    with pytest.raises(ValueError, match="vectors must be"):
+        steering.steering_sweep(params, cfg, tokens, np.zeros(3), [1.0], answers=(1, 2))
+    with pytest.raises(ValueError, match="steering needs a per-layer residual-width site"):
+        steering.steering_sweep(params, cfg, tokens, np.zeros((2, 4)), [1.0], site="z")
+    with pytest.raises(ValueError, match="method="):
+        steering.contrast_vectors(params, cfg, tokens, tokens, method="pca")
+    with pytest.raises(ValueError, match=r"pos \[7\] must be positions in 0..4"):
+        steering.steering_sweep(
+            params, cfg, tokens, np.zeros((2, 24)), [1.0], answers=(1, 2), pos=7
+        )

@@ -4,18 +4,23 @@
             in one vmapped call; control tasks and selectivity (Hewitt & Liang 2019)
     leace   LEACE concept erasure (Belrose et al. 2023): streaming fit, the eraser as an
             edit inside the forward pass, the oracle variant
+    steering  steering vectors from contrast pairs (mean difference / ActAdd, the
+            representation-engineering reading vector) and layer x coefficient sweeps
 
-Steering vectors and ROME are still to come (see the open issue).
+ROME is still to come (see the open issue).
 """
 
-from . import leace, probes
+from . import leace, probes, steering
 from .leace import LeaceEraser, LeaceFitter, erase_edit, fit_leace
 from .probes import ProbeResult, control_labels, fit_logistic, fit_ridge, probe
+from .steering import SteeringResult, contrast_vectors, steering_sweep
 
 __all__ = [
     "LeaceEraser",
     "LeaceFitter",
     "ProbeResult",
+    "SteeringResult",
+    "contrast_vectors",
     "control_labels",
     "erase_edit",
     "fit_leace",
@@ -24,4 +29,6 @@ __all__ = [
     "leace",
     "probe",
     "probes",
+    "steering",
+    "steering_sweep",
 ]
