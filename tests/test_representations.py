@@ -13,7 +13,7 @@ import pytest
 from conftest import SMALL_CONFIGS, random_model, random_tokens
 
 import mechjax as mj
-from mechjax.representations import leace, probes, steering
+from mechjax.representations import leace, probes, rome, steering
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -282,3 +282,63 @@ def test_steering_bad_input():
         steering.steering_sweep(
             params, cfg, tokens, np.zeros((2, 24)), [1.0], answers=(1, 2), pos=7
         )
+
+
+# -- ROME ---------------------------------------------------------------------------------------
+
+
+def test_rank_one_update_equals_the_closed_form_in_float64():
+    cfg = SMALL_CONFIGS["mlp_gelu"]
+    params = random_model(cfg, seed=9)
+    rng = np.random.default_rng(10)
+    A = rng.standard_normal((cfg.d_mlp, 3 * cfg.d_mlp))
+    C = A @ A.T / A.shape[1]
+    k, v = rng.standard_normal(cfg.d_mlp), rng.standard_normal(cfg.d_model)
+    edit = rome.rank_one_update(params, cfg, 1, k, v, C)
+    W = np.asarray(params["blocks"]["W_out"][1], np.float64)
+    b = np.asarray(params["blocks"]["b_out"][1], np.float64)
+    c_inv_k = np.linalg.inv(C) @ k
+    want = W + np.outer(c_inv_k, v - b - k @ W) / (c_inv_k @ k)
+    got = np.asarray(edit.params["blocks"]["W_out"][1], np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    assert np.linalg.matrix_rank(got - W, tol=1e-5 * np.abs(got - W).max()) == 1
+    np.testing.assert_allclose(k @ got + b, v, atol=1e-4 * np.abs(v).max())  # k* -> v*
+    # the other layer is untouched
+    np.testing.assert_array_equal(edit.params["blocks"]["W_out"][0], params["blocks"]["W_out"][0])
+
+
+def test_rome_makes_the_model_say_the_new_object():
+    cfg = SMALL_CONFIGS["mlp_gelu"]
+    params = random_model(cfg, seed=11)
+    rng = np.random.default_rng(12)
+    subject = [5, 9]  # a two-token subject at the end of every prompt
+    prefixes = rng.integers(0, cfg.d_vocab, (6, 5))
+    prompts = np.concatenate([prefixes, np.tile(subject, (6, 1))], axis=1)
+    last = prompts.shape[1] - 1
+    old = int(np.bincount(np.asarray(mj.forward(params, prompts, cfg))[:, -1].argmax(-1)).argmax())
+    new = (old + 7) % cfg.d_vocab
+    text = [rng.integers(0, cfg.d_vocab, (16, 12)) for _ in range(4)]
+    layer = 1
+    C = rome.key_second_moment(params, cfg, text, layer)
+    key = rome.subject_key(params, cfg, prompts, last, layer)
+    value = rome.target_value(params, cfg, prompts[:4], last, layer, new, steps=150)
+    edit = rome.rank_one_update(params, cfg, layer, key, value, C)
+    assert not rome.edit_scores(params, cfg, prompts, new, old).all()
+    assert rome.edit_scores(edit.params, cfg, prompts, new, old).all()  # incl. 2 held out
+
+
+def test_rome_bad_input():
+    attn = SMALL_CONFIGS["attn2_ln_bias"]
+    with pytest.raises(ValueError, match="attention-only"):
+        rome.subject_key(random_model(attn), attn, random_tokens(attn), 1, 0)
+    gemma = SMALL_CONFIGS["gemma2_gqa"]
+    with pytest.raises(ValueError, match="post_mlp_norm"):
+        rome.subject_key(random_model(gemma), gemma, random_tokens(gemma), 1, 0)
+    cfg = SMALL_CONFIGS["mlp_gelu"]
+    params = random_model(cfg)
+    with pytest.raises(ValueError, match="singular"):
+        rome.rank_one_update(
+            params, cfg, 0, np.ones(cfg.d_mlp), np.ones(cfg.d_model), np.zeros((cfg.d_mlp,) * 2)
+        )
+    with pytest.raises(ValueError, match="layer 5 out of range"):
+        rome.subject_key(params, cfg, random_tokens(cfg), 1, 5)
