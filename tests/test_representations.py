@@ -342,3 +342,37 @@ def test_rome_bad_input():
         )
     with pytest.raises(ValueError, match="layer 5 out of range"):
         rome.subject_key(params, cfg, random_tokens(cfg), 1, 5)
+
+
+def test_leace_moves_the_activations_less_than_an_orthogonal_eraser():
+    """LEACE is the least-squares eraser: its mean squared change is at most that of the
+    plain orthogonal projection out of the cross-covariance's span, which erases too."""
+    x, labels = _blobs(n=500, d=8, k=3, spread=1.0)
+    x64 = x.astype(np.float64)
+    fitter = leace.LeaceFitter(8, 3).update(x64, labels)
+    erased = np.asarray(fitter.eraser(dtype=np.float64)(jnp.asarray(x64)), np.float64)
+    _, cov_xz, _ = fitter.covariances()
+    u = np.linalg.svd(cov_xz, full_matrices=False)[0][:, :2]
+    orth = x64 - ((x64 - fitter.mean_x) @ u) @ u.T
+    z = np.eye(3)[labels]
+    for out in (erased, orth):  # both erase: no cross-covariance with the concept left
+        assert np.abs((out - out.mean(0)).T @ (z - z.mean(0))).max() < 1e-6 * len(x)
+    assert np.mean((erased - x64) ** 2) < np.mean((orth - x64) ** 2)
+
+
+def test_probe_by_layer_on_model_activations_and_its_figure(tmp_path):
+    from mechjax.views.representations import plot_probe_scores
+
+    cfg = SMALL_CONFIGS["mlp_gelu"]
+    params = random_model(cfg, seed=13)
+    tokens = random_tokens(cfg, batch=24, n_pos=6, seed=14)
+    per_token = probes.site_activations(params, cfg, tokens, "resid_post")
+    assert per_token.shape == (cfg.n_layers, 24 * 6, cfg.d_model)
+    labels = (np.asarray(tokens).reshape(-1) % 3).astype(int)  # the current token's class
+    result = probes.probe(per_token, labels, control=probes.control_labels(
+        np.asarray(tokens).reshape(-1), labels), steps=60)  # fmt: skip
+    assert result.test_score.shape == (cfg.n_layers,) and result.test_score.min() > 0.5
+    fig = plot_probe_scores(result, path=tmp_path / "probe.png")
+    assert (tmp_path / "probe.png").stat().st_size > 1000 and len(fig.axes[0].lines) == 4
+    last = probes.site_activations(params, cfg, tokens, "resid_post", pos=-1)
+    assert last.shape == (cfg.n_layers, 24, cfg.d_model)

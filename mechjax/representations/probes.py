@@ -2,6 +2,7 @@
 
     fit_ridge(x, y, alpha=1.0)                 -> (W [d, t], b [t])   closed form
     fit_logistic(x, labels, n_classes, C=1.0)  -> (W [d, k], b [k])   L-BFGS (optax)
+    site_activations(params, cfg, tokens, site, pos=None)  -> [layer, example, d]
     probe(acts, labels, kind=..., ...)         -> ProbeResult, every leading axis of
                                                   `acts [..., example, d]` (layers,
                                                   positions) fitted in one vmapped call
@@ -29,6 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from ..causal import sweep
+from ..model.sites import SITES
+from ..model.transformer import run
 
 KINDS = ("ridge", "logistic")
 
@@ -229,3 +234,17 @@ def _logistic_sweep_jit(flat, labels, train, test, n_classes, C, steps):
         return W, b, accuracy(train), accuracy(test)
 
     return jax.vmap(one)(flat)
+
+
+def site_activations(params, cfg, tokens, site: str, *, pos: int | None = None):
+    """Activations at a per-layer `site` arranged for `probe`: `[layer, example, d]`,
+    one example per token (`pos=None`: every position of every sequence, for per-token
+    labels flattened the same way, `labels.reshape(-1)`) or per sequence (`pos`: that
+    position of each sequence, e.g. -1 for the last)."""
+    (tokens,) = sweep.check_model_inputs(params, cfg, tokens)
+    if site not in SITES or not SITES[site][0]:
+        raise ValueError(f"site {site!r} is not a per-layer site (see mechjax.model.sites)")
+    acts = run(params, tokens, cfg, capture=(site,))[1][site]  # [layer, batch, pos, ...]
+    if pos is not None:
+        return acts[:, :, pos].reshape(cfg.n_layers, tokens.shape[0], -1)
+    return acts.reshape(cfg.n_layers, tokens.shape[0] * tokens.shape[1], -1)
