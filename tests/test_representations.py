@@ -99,6 +99,9 @@ def test_probe_bad_input():
         probes.probe(x, labels, kind="svm")
     with pytest.raises(ValueError, match="must both be"):
         probes.control_labels(labels[:-1], labels)
+    attn = SMALL_CONFIGS["attn2_ln_bias"]
+    with pytest.raises(ValueError, match="'mlp_out' is not a per-layer site of this model"):
+        probes.site_activations(random_model(attn), attn, random_tokens(attn), "mlp_out")
 
 
 # -- LEACE -------------------------------------------------------------------------------------

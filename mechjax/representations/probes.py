@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from ..causal import sweep
-from ..model.sites import SITES
+from ..model.sites import SITES, available_sites
 from ..model.transformer import run
 
 KINDS = ("ridge", "logistic")
@@ -242,8 +242,11 @@ def site_activations(params, cfg, tokens, site: str, *, pos: int | None = None):
     labels flattened the same way, `labels.reshape(-1)`) or per sequence (`pos`: that
     position of each sequence, e.g. -1 for the last)."""
     (tokens,) = sweep.check_model_inputs(params, cfg, tokens)
-    if site not in SITES or not SITES[site][0]:
-        raise ValueError(f"site {site!r} is not a per-layer site (see mechjax.model.sites)")
+    if site not in available_sites(cfg) or not SITES[site][0]:
+        raise ValueError(
+            f"site {site!r} is not a per-layer site of this model; its sites are "
+            f"{[s for s in available_sites(cfg) if SITES[s][0]]}"
+        )
     acts = run(params, tokens, cfg, capture=(site,))[1][site]  # [layer, batch, pos, ...]
     if pos is not None:
         return acts[:, :, pos].reshape(cfg.n_layers, tokens.shape[0], -1)
