@@ -16,6 +16,7 @@ may also read z at erasure time, is `r(x, z) = x - Cov(x, z) Cov(z)^+ (z - mean_
     fitter = LeaceFitter(d_model, n_classes)       streaming moments, float64
     fitter.update(x [n, d], z [n] or [n, k])       any number of times
     eraser = fitter.eraser()                       -> LeaceEraser (a pytree)
+    left, right, bias = fitter.factors()           the same in float64 (numpy)
     eraser(x)                                      x [..., d] with the concept erased
     erase_edit(eraser, "resid_post", layer=3)      the same, inside the forward pass
 
@@ -128,15 +129,10 @@ class LeaceFitter:
             cov_xx = self.comoment_xx / (self.n - 1)
         return cov_xx, self.comoment_xz / (self.n - 1), self.comoment_zz / (self.n - 1)
 
-    def eraser(
-        self,
-        *,
-        affine: bool = True,
-        svd_tol: float | None = None,
-        shrinkage: bool = False,
-        dtype=jnp.float32,
-    ) -> LeaceEraser:
-        """The LEACE eraser of the statistics so far (see the module docstring)."""
+    def factors(
+        self, *, affine: bool = True, svd_tol: float | None = None, shrinkage: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`(left [d, r], right [r, d], bias [d])` of the eraser in float64 (numpy)."""
         cov_xx, cov_xz, _ = self.covariances(shrinkage=shrinkage)
         eigvals, eigvecs = np.linalg.eigh(cov_xx)
         keep = eigvals > eigvals[-1] * self.x_dim * np.finfo(np.float64).eps
@@ -148,11 +144,20 @@ class LeaceFitter:
         tol = s.max(initial=0.0) * 1e-8 if svd_tol is None else svd_tol
         u = u[:, s > tol]
         bias = self.mean_x if affine else np.zeros(self.x_dim)
-        return LeaceEraser(
-            left=jnp.asarray(unwhiten @ u, dtype),
-            right=jnp.asarray(u.T @ whiten, dtype),
-            bias=jnp.asarray(bias, dtype),
-        )
+        return unwhiten @ u, u.T @ whiten, bias
+
+    def eraser(
+        self,
+        *,
+        affine: bool = True,
+        svd_tol: float | None = None,
+        shrinkage: bool = False,
+        dtype=jnp.float32,
+    ) -> LeaceEraser:
+        """The LEACE eraser of the statistics so far (see the module docstring)."""
+        left, right, bias = self.factors(affine=affine, svd_tol=svd_tol, shrinkage=shrinkage)
+        as_array = lambda a: jnp.asarray(a, dtype)  # noqa: E731
+        return LeaceEraser(left=as_array(left), right=as_array(right), bias=as_array(bias))
 
     def oracle(self, x, z) -> np.ndarray:
         """Oracle LEACE: `x - Cov(x, z) Cov(z)^+ (z - mean_z)` for activations `x [n, d]`
