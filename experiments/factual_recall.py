@@ -40,7 +40,7 @@ from mechjax.causal.tracing import causal_trace
 from mechjax.model.losses import mean_loss
 from mechjax.representations import leace, probes, rome
 from mechjax.views.figures import finish_figure
-from mechjax.views.representations import plot_probe_scores
+from mechjax.views.representations import plot_probe_scores, plot_scores
 
 HERE = Path(__file__).resolve().parent
 FIRST = "ada ben cara dev eli fay gus hana ivo jun kai lena".split()
@@ -337,8 +337,18 @@ def main(argv=None) -> int:
     print("tracing:", json.dumps(results["tracing"]))
     results["rome"] = rome_study(params, cfg, facts, layer, args.edits)
     print("rome:", json.dumps(results["rome"]))
+    rome_scores = {
+        k: results["rome"][k]
+        for k in ("efficacy", "paraphrase", "held_out_paraphrase", "neighbourhood")
+    }
+    plot_scores(rome_scores, title=f"ROME, {args.edits} edits at layer {layer}",
+                path=figures / "factual_recall_rome.png")  # fmt: skip
     results["probes_and_leace"] = probe_and_erase(params, cfg, facts, figures)
     print("probes/leace:", json.dumps(results["probes_and_leace"]))
+    erased = results["probes_and_leace"]["recall_with_city_erased"]
+    plot_scores({f"{r} {k.split('_')[0]}": v for r, d in erased.items() for k, v in d.items()},
+                title="recall with the city erased (LEACE)", ylabel="recall",
+                path=figures / "factual_recall_leace.png")  # fmt: skip
     results["wall_s"] = round(time.time() - t0, 1)
     if not args.quick:
         (HERE / "results").mkdir(exist_ok=True)

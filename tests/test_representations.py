@@ -224,6 +224,12 @@ def test_steering_sweep_equals_single_edits_and_zero_is_a_no_op():
     )
     assert result.values.shape == (cfg.n_layers, 3)
     np.testing.assert_allclose(result.values[:, 0], result.baseline, atol=1e-5)
+    from mechjax.views.representations import plot_scores, plot_steering_sweep
+
+    fig = plot_steering_sweep(result)
+    assert fig.axes[0].images[0].get_array().shape == (cfg.n_layers, 3)
+    fig = plot_scores({"efficacy": 1.0, "paraphrase": 0.9, "neighbourhood": 0.91})
+    assert len(fig.axes[0].patches) == 3
     for layer in range(cfg.n_layers):
         for j, c in enumerate(coeffs):
             edit = mj.edits.steer("resid_mid", vectors[layer], layer=layer, coeff=c)
