@@ -10,7 +10,7 @@ import pytest
 from conftest import SMALL_CONFIGS, random_model, random_tokens, randomize
 
 import mechjax as mj
-from mechjax.activations import heads
+from mechjax.activations import copying, heads
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -277,7 +277,7 @@ def test_head_logit_effects_equal_head_writes_through_the_norms(name):
         w = np.asarray(params["ln_final_w"], np.float64) + cfg.norm_weight_offset
         writes = writes * np.asarray(stream["ln_final_scale"], np.float64)[None, :, :, None] * w
     ref = np.einsum("lbqhd,dv->lhbqv", writes, np.asarray(mj.params.unembedding(params)))
-    ours = np.asarray(heads.head_logit_effects(params, cfg, stream))
+    ours = np.asarray(copying.head_logit_effects(params, cfg, stream))
     assert np.abs(ref).max() > 0.1
     np.testing.assert_allclose(ours, ref, atol=2e-5 * np.abs(ref).max())
 

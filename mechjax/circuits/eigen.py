@@ -4,7 +4,7 @@ Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits", measure
 a head copies by the eigenvalues lambda of its full OV circuit `W_E W_OV W_U`
 `[vocab (source), vocab (output)]`: the statistic `Re(sum(lambda)) / sum(|lambda|)`
 (`ov_eigenvalue_copying`; not Olsson et al.'s copying score, which is the head detector
-`activations.heads.copying_scores`) lies in [-1, 1] and is positive when the circuit maps most tokens to themselves. The same
+`activations.copying.copying_scores`) lies in [-1, 1] and is positive when the circuit maps most tokens to themselves. The same
 statistic on the full QK circuit `W_E W_QK W_E^T` asks whether tokens attend to copies of
 themselves (METHODS.md "Circuits"). The circuits themselves are in `mechjax.circuits`.
 
