@@ -82,7 +82,7 @@ BASE = dict(d_vocab=11, d_model=8, n_layers=2, n_heads=4, d_head=2, n_ctx=8)
         (dict(act_fn="swish"), "act_fn='swish' is unknown"),
         (dict(normalization="batchnorm"), "normalization='batchnorm' is unknown"),
         (dict(positional="alibi"), "positional='alibi' is unknown"),
-        (dict(positional="rope", d_head=3), "RoPE needs an even d_head"),
+        (dict(positional="rope", d_head=3), "RoPE needs an even number of rotated dims"),
         (dict(d_mlp=8, act_fn="solu", gated_mlp=True), "gated MLP with SoLU"),
         (dict(normalization="none", qk_norm=True), "post/qk norms need"),
         (dict(d_model=0), "d_model must be a positive integer"),

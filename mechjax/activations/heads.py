@@ -204,23 +204,37 @@ def prefix_matching_scores(
     return _masked_mean(pattern, mask, (n_repeats - 1) * seg_len)
 
 
-def previous_token_scores(pattern) -> jax.Array:
+def _real_pairs(mask, n_pos: int):
+    """`[batch, q, k]` True where query and key are both real tokens (all True without a
+    padding `mask [batch, pos]`)."""
+    if mask is None:
+        return jnp.ones((1, n_pos, n_pos), bool)
+    mask = jnp.asarray(mask, bool)
+    return mask[:, :, None] & mask[:, None, :]
+
+
+def previous_token_scores(pattern, mask=None) -> jax.Array:
     """Previous-token score `[layer, head]`: mean attention from position i to i-1 over
-    i >= 1 and the batch."""
+    i >= 1 and the batch. With a padding `mask [batch, pos]` (False at padding), over
+    the pairs where both are real tokens."""
     _check_pattern(pattern, "previous_token_scores")
     n_pos = pattern.shape[-1]
     if n_pos < 2:
         raise ValueError("previous_token_scores: needs at least 2 positions")
-    mask = np.eye(n_pos, k=-1, dtype=np.float32)
-    return _masked_mean(pattern, mask, n_pos - 1)
+    if mask is None:
+        return _masked_mean(pattern, np.eye(n_pos, k=-1, dtype=np.float32), n_pos - 1)
+    pairs = _real_pairs(mask, n_pos) & jnp.eye(n_pos, k=-1, dtype=bool)
+    total = (pattern.astype(jnp.float32) * pairs[None, :, None]).sum(axis=(1, 3, 4))
+    return total / pairs.sum()
 
 
-def duplicate_token_scores(pattern, tokens) -> jax.Array:
+def duplicate_token_scores(pattern, tokens, mask=None) -> jax.Array:
     """Duplicate-token score `[layer, head]`.
 
     For each (batch, query) whose token occurred earlier in its sequence, the attention
     summed over those earlier occurrences; the mean over all such queries (pooled over
-    the batch). NaN when no query has an earlier copy.
+    the batch). NaN when no query has an earlier copy. With a padding `mask [batch,
+    pos]`, queries and earlier occurrences are real tokens only.
     """
     _check_pattern(pattern, "duplicate_token_scores")
     tokens = jnp.asarray(tokens)
@@ -232,6 +246,7 @@ def duplicate_token_scores(pattern, tokens) -> jax.Array:
     n_pos = tokens.shape[-1]
     earlier = jnp.tril(jnp.ones((n_pos, n_pos), bool), k=-1)
     same = (tokens[:, :, None] == tokens[:, None, :]) & earlier  # [batch, q, k]
+    same = same & _real_pairs(mask, n_pos)
     total = (pattern.astype(jnp.float32) * same[None, :, None]).sum(axis=(1, 3, 4))
     count = same.any(-1).sum()
     return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..model.checks import check_mask
 from ..model.config import ModelConfig
 from ..model.edits import Edit
 from ..model.sites import SITES
@@ -98,6 +99,7 @@ def _sweep(
     read_metric,
     denoise,
     unorder,
+    mask,
     *,
     cfg,
     site,
@@ -120,7 +122,7 @@ def _sweep(
         capture += ("k", "v") * any(p for _, p, _ in groups)
     capture = tuple(dict.fromkeys(capture))  # the site may be one of them
     (clean_logits, clean_acts), (corrupted_logits, corrupted_acts) = sweep.run_pair(
-        params, clean, corrupted, cfg, capture, readout
+        params, clean, corrupted, cfg, capture, readout, mask
     )
     target = sweep.pick(denoise, corrupted, clean)
     target_acts = sweep.pick(denoise, corrupted_acts, clean_acts)
@@ -142,7 +144,9 @@ def _sweep(
                 W_O = params["blocks"]["W_O"][first_layer]
                 resid = target_acts["resid_post"][first_layer]
                 resid = resid + _residual_change(site, patched, unpatched, W_O)
-                logits, _ = run_from(params, resid, cfg, layer=first_layer + 1, readout=readout)
+                logits, _ = run_from(
+                    params, resid, cfg, layer=first_layer + 1, readout=readout, mask=mask
+                )
             elif resid is not None:
                 logits, _ = run_from(
                     params,
@@ -152,9 +156,10 @@ def _sweep(
                     edits=edits,
                     readout=readout,
                     prefix=prefix,
+                    mask=mask,
                 )
             else:
-                logits, _ = run(params, target, cfg, edits=edits, readout=readout)
+                logits, _ = run(params, target, cfg, edits=edits, readout=readout, mask=mask)
             return read_metric(logits)
 
         group_cells = {k: v[offset : offset + n_cells] for k, v in cells.items()}
@@ -176,6 +181,7 @@ def activation_patching(
     answers=None,
     mode: str = "denoise",
     chunk_size: int | str | None = "auto",
+    mask=None,
 ) -> sweep.PatchingResult:
     """Patch `site` at every cell of the grid `over` and measure `metric`.
 
@@ -191,16 +197,20 @@ def activation_patching(
     mode: "denoise" or "noise" (see the module docstring).
     chunk_size: cells per vmapped chunk: "auto" (about `sweep.AUTO_CHUNK_TOKENS` tokens
         per chunk), an int, or None (all cells in one vmap).
+    mask: `[batch, pos]` bool, False at padding, shared by both runs
+        (`mechjax.model.padding`): prompts of different lengths in one batch. A patch
+        never lands on padding, and the default metric reads each prompt's last token.
 
     Returns a `PatchingResult` with `raw` and `normalized` arrays of shape [len(axis)
     for axis in over].
     """
     clean, corrupted = sweep.check_model_inputs(params, cfg, clean_tokens, corrupted_tokens)
+    mask = check_mask(mask, clean)
     sweep.check_site(site, cfg)
     denoise = sweep.check_mode(mode)
     chunk_size = sweep.check_chunk_size(chunk_size, clean.shape[0] * clean.shape[1])
     over, sizes = sweep.check_over(site, over, cfg, clean.shape[1])
-    metric = metrics.resolve_metric(metric, answers, cfg, clean.shape)
+    metric = metrics.resolve_metric(metric, answers, cfg, clean.shape, mask)
     cells = sweep.grid(sizes, over)
     positions, read_metric = metrics.readout(metric, clean.shape[1])
     shift = shifts_residual(site, over, cfg)
@@ -214,6 +224,7 @@ def activation_patching(
         read_metric,
         denoise,
         np.argsort(order).astype(np.int32),
+        None if mask is None else jnp.asarray(mask),
         cfg=cfg,
         site=site,
         chunk_size=chunk_size,

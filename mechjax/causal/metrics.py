@@ -10,7 +10,8 @@ it; compiled once per function object).
     answer_prob(answer, pos=-1)         mean softmax probability of `answer` at `pos`
     answer_logprob(answer, pos=-1)      mean log-probability of `answer` at `pos`
 
-`answer` / `wrong` are an int or an int array `[batch]` (one answer per example).
+`answer` / `wrong` are an int or an int array `[batch]` (one answer per example); so is
+`pos` (each example's own position: its last real token in a right-padded batch).
 
 These three read one position, and sweeps use that (`readout`): each patched run
 unembeds only that position and its last block computes only that position. A plain
@@ -25,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
+from ..model.padding import last_token_index
+
 Metric = Partial
 
 
@@ -34,34 +37,59 @@ def _pick(logits_at, ids) -> jax.Array:
     return jnp.take_along_axis(logits_at, ids[:, None], axis=-1)[:, 0]
 
 
+def _at(logits, pos) -> jax.Array:
+    """logits [batch, pos, vocab] at one position (an int) or at each example's own
+    position (`[batch]`, e.g. its last real token in a right-padded batch): [batch, vocab]."""
+    if jnp.ndim(pos) == 0:
+        return logits[:, pos].astype(jnp.float32)
+    index = jnp.asarray(pos, jnp.int32)[:, None, None]
+    return jnp.take_along_axis(logits, index, axis=1)[:, 0].astype(jnp.float32)
+
+
 def _logit_diff(answer, wrong, pos, logits):
-    at = logits[:, pos].astype(jnp.float32)
+    at = _at(logits, pos)
     return jnp.mean(_pick(at, answer) - _pick(at, wrong))
 
 
 def _answer_prob(answer, pos, logits):
-    at = jax.nn.softmax(logits[:, pos].astype(jnp.float32), axis=-1)
+    at = jax.nn.softmax(_at(logits, pos), axis=-1)
     return jnp.mean(_pick(at, answer))
 
 
 def _answer_logprob(answer, pos, logits):
-    at = jax.nn.log_softmax(logits[:, pos].astype(jnp.float32), axis=-1)
+    at = jax.nn.log_softmax(_at(logits, pos), axis=-1)
     return jnp.mean(_pick(at, answer))
 
 
-def logit_diff(answer, wrong, pos: int = -1) -> Metric:
-    """Mean over the batch of `logit[answer] - logit[wrong]` at position `pos`."""
-    return Partial(_logit_diff, jnp.asarray(answer, jnp.int32), jnp.asarray(wrong, jnp.int32), pos)
+def _position(pos):
+    """An int stays an int (a sweep then reads only that position); one position per
+    example becomes an int array [batch]."""
+    if isinstance(pos, int | np.integer):
+        return int(pos)
+    values = np.asarray(pos)
+    if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"pos must be an int or one int per example [batch], got {pos!r}")
+    return jnp.asarray(values, jnp.int32)
 
 
-def answer_prob(answer, pos: int = -1) -> Metric:
-    """Mean over the batch of the softmax probability of `answer` at position `pos`."""
-    return Partial(_answer_prob, jnp.asarray(answer, jnp.int32), pos)
+def logit_diff(answer, wrong, pos=-1) -> Metric:
+    """Mean over the batch of `logit[answer] - logit[wrong]` at position `pos` (an int,
+    or `[batch]`: each example's own position, e.g. `padding.last_token_index(mask)`)."""
+    return Partial(
+        _logit_diff, jnp.asarray(answer, jnp.int32), jnp.asarray(wrong, jnp.int32), _position(pos)
+    )
 
 
-def answer_logprob(answer, pos: int = -1) -> Metric:
-    """Mean over the batch of the log-probability of `answer` at position `pos`."""
-    return Partial(_answer_logprob, jnp.asarray(answer, jnp.int32), pos)
+def answer_prob(answer, pos=-1) -> Metric:
+    """Mean over the batch of the softmax probability of `answer` at position `pos` (as
+    in `logit_diff`)."""
+    return Partial(_answer_prob, jnp.asarray(answer, jnp.int32), _position(pos))
+
+
+def answer_logprob(answer, pos=-1) -> Metric:
+    """Mean over the batch of the log-probability of `answer` at position `pos` (as in
+    `logit_diff`)."""
+    return Partial(_answer_logprob, jnp.asarray(answer, jnp.int32), _position(pos))
 
 
 _READS_ONE_POSITION = (_logit_diff, _answer_prob, _answer_logprob)  # `pos`: last bound arg
@@ -76,6 +104,8 @@ def readout(metric: Metric, n_pos: int) -> tuple[tuple[int] | None, Metric]:
     if not (isinstance(metric, Partial) and metric.func in _READS_ONE_POSITION):
         return None, metric
     *bound, pos = metric.args
+    if jnp.ndim(pos):  # each example reads its own position: the full logits
+        return None, metric
     if not -n_pos <= int(pos) < n_pos:
         raise ValueError(
             f"the metric reads position {int(pos)}, outside the {n_pos} positions of the "
@@ -96,9 +126,10 @@ def _check_ids(ids, name: str, cfg, batch: int) -> None:
         raise ValueError(f"{name} ids {values.tolist()} are outside [0, {cfg.d_vocab})")
 
 
-def resolve_metric(metric, answers, cfg, tokens_shape: tuple[int, ...]) -> Metric:
+def resolve_metric(metric, answers, cfg, tokens_shape: tuple[int, ...], mask=None) -> Metric:
     """The metric to use: `metric` if given, else `logit_diff(*answers)` at the last
-    position. Checks in Python (before compiling) that it returns a scalar."""
+    position (with a padding `mask [batch, pos]`, each example's last real token).
+    Checks in Python (before compiling) that it returns a scalar."""
     if metric is None:
         if answers is None:
             raise ValueError(
@@ -112,7 +143,10 @@ def resolve_metric(metric, answers, cfg, tokens_shape: tuple[int, ...]) -> Metri
             )
         for ids, name in zip(answers, ("answers[0]", "answers[1]")):
             _check_ids(ids, name, cfg, tokens_shape[0])
-        metric = logit_diff(*answers)
+        last = -1 if mask is None else last_token_index(mask)
+        if mask is not None and (last == last[0]).all():
+            last = int(last[0])  # left padding: one position for all (a cheaper readout)
+        metric = logit_diff(*answers, pos=last)
     elif answers is not None:
         raise ValueError("give metric= or answers=, not both (answers only builds the default)")
     return check_metric(metric, cfg, tokens_shape)

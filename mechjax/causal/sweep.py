@@ -209,13 +209,22 @@ def start_groups(cells: dict[str, np.ndarray], site: str, cfg: ModelConfig, last
     return order, groups
 
 
-def run_pair(params, clean, corrupted, cfg: ModelConfig, capture: tuple[str, ...], readout=None):
+def run_pair(
+    params, clean, corrupted, cfg: ModelConfig, capture: tuple[str, ...], readout=None, mask=None
+):
     """Clean and corrupted runs as one batched forward pass (inside jit): returns
     `(clean_logits, clean_acts), (corrupted_logits, corrupted_acts)`, the logits only at
-    the positions `readout` when given (`model.transformer.run_from`)."""
+    the positions `readout` when given (`model.transformer.run_from`). `mask [batch,
+    pos]`: the padding both runs share."""
     n = clean.shape[0]
+    pair_mask = None if mask is None else jnp.concatenate([mask, mask])
     logits, acts = run(
-        params, jnp.concatenate([clean, corrupted]), cfg, capture=capture, readout=readout
+        params,
+        jnp.concatenate([clean, corrupted]),
+        cfg,
+        capture=capture,
+        readout=readout,
+        mask=pair_mask,
     )
 
     def split(name, x, part):

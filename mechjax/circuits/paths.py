@@ -153,6 +153,7 @@ def _decompose(params, stream: Stream, ids, minus, *, cfg, split_positional, mod
         out = jnp.zeros((cfg.d_model,), jnp.float32)
         if cfg.use_attn_bias:
             value_in = value_in + per_query_head(blocks["b_V"], cfg)[layer]
+        if cfg.has_attn_out_bias:
             out = out + blocks["b_O"][layer]
         return out + jnp.einsum("he,hed->d", value_in, ov.B[layer])
 

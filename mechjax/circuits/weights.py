@@ -140,12 +140,16 @@ def _rope_offset_scores(params, cfg: ModelConfig, query, key, n_offsets: int) ->
         k = jnp.einsum("d,lhde->lhe", jnp.asarray(key, jnp.float32), W_K)[:, :, None]
     # RoPE rotates by x*cos + rotate_half(x)*sin; apply_rope at angle pi/2 (cos 0, sin 1)
     # is rotate_half itself, so the score at any offset is cos . (q*k) + sin . (rh(q)*k)
-    d_head = cfg.d_head
-    rotated_q = layers.apply_rope(q, jnp.zeros((1, d_head)), jnp.ones((1, d_head)))
-    on_cos = (q * k).mean(axis=2)  # [layer, head, d_head]
-    on_sin = (rotated_q * k).mean(axis=2)
-    cos, sin = layers.rope_tables(cfg, n_offsets)  # [layer, offset, d_head]
-    return jnp.einsum("lpe,lhe->lhp", cos, on_cos) + jnp.einsum("lpe,lhe->lhp", sin, on_sin)
+    # Only the first rope_dim dims rotate (partial rotary, GPT-NeoX); the rest add a
+    # constant to every offset
+    dim = cfg.rope_dim
+    rotated_q = layers.apply_rope(q, jnp.zeros((1, dim)), jnp.ones((1, dim)))[..., :dim]
+    on_cos = (q * k)[..., :dim].mean(axis=2)  # [layer, head, rope_dim]
+    on_sin = (rotated_q * k[..., :dim]).mean(axis=2)
+    unrotated = (q * k)[..., dim:].mean(axis=2).sum(axis=-1)  # [layer, head]
+    cos, sin = layers.rope_tables(cfg, n_offsets)  # [layer, offset, rope_dim]
+    rotated = jnp.einsum("lpe,lhe->lhp", cos, on_cos) + jnp.einsum("lpe,lhe->lhp", sin, on_sin)
+    return rotated + unrotated[..., None]
 
 
 # -- folding norms into the weights ---------------------------------------------------------------
@@ -242,7 +246,8 @@ class _NormFolder:
             blocks[f"W_{name}"] = W.astype(dtype)
             if b is not None:
                 self.add_bias(blocks, f"b_{name}", b, dtype, "use_attn_bias")
-        if bias is not None and not cfg.use_attn_bias:
+        if bias is not None and not cfg.use_attn_bias and cfg.use_attn_out_bias is None:
+            # switching use_attn_bias on also brings b_O (has_attn_out_bias follows it)
             blocks["b_O"] = jnp.zeros((cfg.n_layers, cfg.d_model), dtype)
         self.reset(blocks, "ln1")
 

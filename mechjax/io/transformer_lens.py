@@ -124,6 +124,12 @@ def _check_shared(cfg: ModelConfig) -> None:
             problems.append(f"{flag}=True")
     if cfg.has_local_layers:
         problems.append("local (sliding-window) layers")
+    if cfg.parallel_attn_mlp:
+        problems.append("parallel_attn_mlp=True (not converted here)")
+    if cfg.act_fn not in _ACT_TO_TL:
+        problems.append(f"act_fn={cfg.act_fn!r}")
+    if cfg.use_attn_out_bias is not None and cfg.use_attn_out_bias != cfg.use_attn_bias:
+        problems.append("use_attn_out_bias differing from use_attn_bias")
     if problems:
         raise ValueError(
             f"config {cfg.name or '(unnamed)'} has no TransformerLens counterpart here: "
@@ -148,6 +154,8 @@ def _full_config(cfg: ModelConfig) -> ModelConfig:
 def _stored_by_tl(name: str, tl_norm: str | None) -> bool:
     """Whether TL keeps our parameter `name` under `normalization_type=tl_norm` (its
     weightless norms, LNPre/RMSPre and SoLU's LayerNorm outside "LN", keep nothing)."""
+    if name == "b_gate":  # TL's gated MLP has no gate bias (mechjax's is Llama's mlp_bias)
+        return False
     if name.startswith("ln_mlp"):
         return tl_norm == "LN"
     if name.startswith("ln"):
@@ -258,6 +266,11 @@ def to_transformer_lens(params: Params, cfg: ModelConfig):
             "act(x W_gate) * (x W_in), mechjax before the product. Zero b_in or keep the "
             "model in mechjax."
         )
+    if cfg.gated_mlp and np.any(full["blocks"].get("b_gate", 0) != 0):
+        raise ValueError(
+            "cannot export a gated MLP with a nonzero gate bias b_gate: TransformerLens has "
+            "none. Keep the model in mechjax (or export it to HuggingFace)."
+        )
     state_dict = {}
     tl_norm = _NORM_TO_TL[cfg.normalization]
     grouped = tl_cfg.n_key_value_heads is not None
@@ -363,7 +376,7 @@ def _fit_template(full: dict, template: ModelConfig) -> tuple[dict, ModelConfig]
     changes: dict[str, Any] = {}
     groups = (
         ("use_attn_bias", blocks, ("b_Q", "b_K", "b_V", "b_O")),
-        ("use_mlp_bias", blocks, ("b_in", "b_out")),
+        ("use_mlp_bias", blocks, ("b_in", "b_out", "b_gate")),
         ("use_unembed_bias", top, ("b_U",)),
     )
     for flag, where, names in groups:
@@ -375,6 +388,11 @@ def _fit_template(full: dict, template: ModelConfig) -> tuple[dict, ModelConfig]
         else:
             for name in present:
                 del where[name]
+    if template.use_attn_bias and not template.has_attn_out_bias and "b_O" in blocks:
+        if np.any(blocks["b_O"] != 0):  # Qwen 2 style template, but TL's b_O is in use
+            changes["use_attn_out_bias"] = True
+        else:
+            del blocks["b_O"]
     if template.positional == "none":
         if np.any(top["W_pos"] != 0):
             changes["positional"] = "learned"

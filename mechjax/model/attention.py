@@ -25,8 +25,10 @@ def attention_scores(qh, kh, cfg: ModelConfig) -> jax.Array:
 
 
 def masked_attention(qh, kh, vh, mask, cfg: ModelConfig, dtype) -> jax.Array:
-    """Softmax attention of queries qh over keys/values kh, vh under `mask [query, key]`:
-    the mixed values `[batch, kv_head, group, query, d_head]`."""
+    """Softmax attention of queries qh over keys/values kh, vh under `mask [query, key]`
+    (or `[batch, query, key]` with padding): the mixed values `[batch, kv_head, group,
+    query, d_head]`."""
+    mask = mask if mask.ndim == 2 else mask[:, None, None]
     scores = jnp.where(mask, attention_scores(qh, kh, cfg), -jnp.inf)
     return jnp.einsum("bkgqs,bkse->bkgqe", softmax_over_keys(scores, dtype), vh)
 
@@ -36,12 +38,13 @@ def softmax_over_keys(scores: jax.Array, dtype) -> jax.Array:
     return jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(dtype)
 
 
-def attention_in_query_blocks(qh, kh, vh, window, cfg: ModelConfig, dtype) -> jax.Array:
+def attention_in_query_blocks(qh, kh, vh, window, cfg: ModelConfig, dtype, key_valid=None):
     """Masked softmax attention, query block by query block (`causal_query_blocks`):
     the masked triangle above the blocks is never computed. Shapes as `causal_attention`."""
     zh = []
     for start, stop in causal_query_blocks(qh.shape[3]):
-        mask = attention_mask(stop, window, range(start, stop))
+        valid = None if key_valid is None else key_valid[:, :stop]
+        mask = attention_mask(stop, window, range(start, stop), valid)
         zh.append(
             masked_attention(
                 qh[:, :, :, start:stop], kh[:, :, :stop], vh[:, :, :stop], mask, cfg, dtype
@@ -50,9 +53,10 @@ def attention_in_query_blocks(qh, kh, vh, window, cfg: ModelConfig, dtype) -> ja
     return jnp.concatenate(zh, axis=3)
 
 
-def causal_attention(qh, kh, vh, window, cfg: ModelConfig, dtype) -> jax.Array:
+def causal_attention(qh, kh, vh, window, cfg: ModelConfig, dtype, key_valid=None) -> jax.Array:
     """The mixed values `[batch, kv_head, group, pos, d_head]` of queries qh `[batch,
-    kv_head, group, pos, d_head]` over keys/values kh, vh `[batch, kv_head, pos, d_head]`.
+    kv_head, group, pos, d_head]` over keys/values kh, vh `[batch, kv_head, pos, d_head]`;
+    `key_valid [batch, pos]` (bool) hides padding keys (`attention_mask`).
 
     On CPU attention is bound by memory traffic on the `[head, query, key]` score tensors,
     not by arithmetic. So sequences go through in small chunks (`lax.map`; each chunk's
@@ -64,21 +68,39 @@ def causal_attention(qh, kh, vh, window, cfg: ModelConfig, dtype) -> jax.Array:
     B, _, _, P, _ = qh.shape
     chunk = attention_batch_chunk(B, cfg.n_heads, P)
     if chunk == B:
-        return attention_in_query_blocks(qh, kh, vh, window, cfg, dtype)
-    body = jax.checkpoint(lambda x: attention_in_query_blocks(*x, window, cfg, dtype))
+        return attention_in_query_blocks(qh, kh, vh, window, cfg, dtype, key_valid)
     split = lambda x: x.reshape(B // chunk, chunk, *x.shape[1:])  # noqa: E731
-    zh = jax.lax.map(body, (split(qh), split(kh), split(vh)))
+    if key_valid is None:
+        body = jax.checkpoint(lambda x: attention_in_query_blocks(*x, window, cfg, dtype))
+        zh = jax.lax.map(body, (split(qh), split(kh), split(vh)))
+    else:
+        body = jax.checkpoint(lambda x: attention_in_query_blocks(*x[:3], window, cfg, dtype, x[3]))
+        zh = jax.lax.map(body, (split(qh), split(kh), split(vh), split(key_valid)))
     return zh.reshape(B, *zh.shape[2:])
 
 
-def attention_mask(n_keys: int, window: jax.Array, queries=None):
+def attention_mask(n_keys: int, window: jax.Array, queries=None, key_valid=None):
     """`[query_pos, key_pos]` causal mask over keys `0 .. n_keys - 1`, keys within `window`
     positions (inclusive of the query itself: q - k < window). `queries`: the query rows'
-    positions (a `range` or a sequence of ints; default: all `n_keys` of them). `window`
-    may be traced (per-layer)."""
-    q = jnp.asarray(np.asarray(range(n_keys) if queries is None else queries), jnp.int32)[:, None]
+    positions (a `range`, a sequence of ints or a traced int array; default: all `n_keys`
+    of them). `window` may be traced (per-layer).
+
+    key_valid: `[batch, n_keys]` bool, False at padding. The mask is then `[batch,
+    query_pos, key_pos]` and hides padding keys, except that every query sees its own
+    key: a padding query's row is never empty (an all-masked softmax would be NaN, and
+    its value would poison later rows through `0 * NaN`); what padding positions compute
+    is discarded. Positions are columns of the padded batch, so left or right padding
+    keeps causal order and window lengths within each prompt."""
+    if queries is None:
+        queries = range(n_keys)
+    if not isinstance(queries, jax.Array):  # static positions (traced ones: cached decoding)
+        queries = np.asarray(queries)
+    q = jnp.asarray(queries, jnp.int32)[:, None]
     k = jnp.arange(n_keys)[None, :]
-    return (k <= q) & (q - k < window)
+    allowed = (k <= q) & (q - k < window)
+    if key_valid is None:
+        return allowed
+    return allowed[None] & (key_valid[:, None, :] | (k == q)[None])
 
 
 def causal_query_blocks(n_pos: int, min_rows: int = 32, max_blocks: int = 8):

@@ -5,6 +5,7 @@ out-of-range token id silently).
     check_config(cfg)                     a ModelConfig, not something else
     check_tokens(tokens, cfg)             integer [batch, pos] the model can take
     check_token_ids(ids, cfg, name)       ids inside the vocabulary
+    check_mask(mask, tokens)              a padding mask [batch, pos] for these tokens
     check_fields(config, "TrainConfig")   typed fields from untyped input (JSON, the
                                           command line): validates and normalises in place
 
@@ -68,6 +69,44 @@ def check_tokens(tokens, cfg) -> None:
         )
     if not isinstance(tokens, jax.core.Tracer):
         check_token_ids(tokens, cfg)
+
+
+def check_mask(mask, tokens):
+    """Validate a padding mask `[batch, pos]` (True / 1 = a real token) for `tokens` and
+    return it as a numpy bool array (None stays None). Each row's real tokens must be one
+    run, not empty: left padding (`0 0 1 1 1`) or right padding (`1 1 1 0 0`)."""
+    if mask is None:
+        return None
+    if isinstance(mask, jax.core.Tracer):
+        raise ValueError(
+            "mask must be a concrete array, not a traced value; pass it into the jitted "
+            "function from outside"
+        )
+    values = np.asarray(mask)
+    if values.shape != tuple(tokens.shape):
+        raise ValueError(
+            f"mask has shape {values.shape} but tokens have shape {tuple(tokens.shape)}; "
+            "give one entry per token (True for real tokens, False for padding)"
+        )
+    if values.dtype != np.bool_:
+        if not np.issubdtype(values.dtype, np.integer) or not np.isin(values, (0, 1)).all():
+            raise ValueError(
+                f"mask must be boolean (or 0/1 integers), got dtype {values.dtype}; "
+                "True marks real tokens"
+            )
+        values = values.astype(bool)
+    n_real = values.sum(axis=1)
+    if (n_real == 0).any():
+        rows = np.flatnonzero(n_real == 0)[:10].tolist()
+        raise ValueError(f"mask rows {rows} have no real token; drop those prompts")
+    # one run per row: the number of False -> True steps (counting a True first entry) is 1
+    starts = values[:, 0].astype(int) + (values[:, 1:] & ~values[:, :-1]).sum(axis=1)
+    if (starts != 1).any():
+        rows = np.flatnonzero(starts != 1)[:10].tolist()
+        raise ValueError(
+            f"mask rows {rows} have padding between real tokens; pad on the left or the right only"
+        )
+    return values
 
 
 _KIND = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}

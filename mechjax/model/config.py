@@ -5,7 +5,12 @@ which optional pieces exist are all known at trace time. It covers:
 
 * attention-only toys with 0..N layers ("A Mathematical Framework for Transformer
   Circuits", Elhage et al. 2021): `d_mlp=None`; a 0-layer model is embed -> unembed;
-* MLP toys with gelu / gelu_tanh / relu / solu activations, optionally gated (GeGLU);
+* MLP toys with gelu / gelu_tanh / relu / silu / solu activations, optionally gated
+  (GeGLU, SwiGLU);
+* GPT-2 (LayerNorm, learned positions, biases, tied embeddings), GPT-NeoX / Pythia
+  (parallel attention and MLP, partial rotary embeddings) and Llama-family models
+  (RMSNorm, SwiGLU, RoPE with Llama 3's frequency scaling, grouped-query attention,
+  Qwen 2's q/k/v biases, Mistral's sliding window);
 * Gemma 1 / 2 / 3 style models: RMSNorm with a `(1 + w)` weight, RoPE, embeddings
   scaled by sqrt(d_model), tied embeddings, grouped-query attention,
   `query_pre_attn_scalar`, attention-logit and final-logit soft-capping, local
@@ -24,10 +29,11 @@ from typing import Any
 
 from .checks import check_fields
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "solu")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "solu")
 NORMS = ("layernorm", "rmsnorm", "none")
 POSITIONALS = ("learned", "rope", "none")
 LAYER_TYPES = ("global", "local")
+ROPE_SCALINGS = ("linear", "llama3")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -48,7 +54,8 @@ class ModelConfig:
     n_kv_heads: int | None = None  # None: multi-head attention (= n_heads)
     d_mlp: int | None = None  # None: attention-only
     act_fn: str = "gelu"
-    gated_mlp: bool = False  # post = act(x W_gate) * (x W_in); GeGLU = gated + gelu_tanh
+    gated_mlp: bool = False  # post = act(x W_gate) * (x W_in); GeGLU: gelu_tanh, SwiGLU: silu
+    parallel_attn_mlp: bool = False  # GPT-NeoX: the MLP reads resid_pre, not resid_mid
     normalization: str = "layernorm"
     norm_eps: float = 1e-5
     norm_weight_offset: float = 0.0  # Gemma RMSNorm multiplies by (offset + w), offset 1
@@ -56,8 +63,14 @@ class ModelConfig:
     positional: str = "learned"
     rope_base: float = 10_000.0
     rope_local_base: float | None = None  # Gemma 3: local layers use their own base
-    rope_scaling: float = 1.0  # linear position scaling on global layers (Gemma 3 4B+)
-    use_attn_bias: bool = False
+    rope_scaling: float = 1.0  # position scaling factor on global layers (1: none)
+    rope_scaling_type: str = "linear"  # "linear" (Gemma 3) or "llama3" (Llama 3.1+)
+    rope_low_freq_factor: float = 1.0  # llama3 scaling: wavelengths > n_ctx0 / this are scaled
+    rope_high_freq_factor: float = 4.0  # llama3 scaling: wavelengths < n_ctx0 / this are kept
+    rope_original_n_ctx: int = 8192  # llama3 scaling: n_ctx0, the pre-training context
+    rotary_dim: int | None = None  # rotate the first rotary_dim dims of a head; None: all
+    use_attn_bias: bool = False  # biases of the q, k, v projections (and of W_O unless below)
+    use_attn_out_bias: bool | None = None  # b_O; None: as use_attn_bias (Qwen 2: False)
     use_mlp_bias: bool = False
     use_unembed_bias: bool = False
     scale_embeddings: bool = False  # multiply embeddings by sqrt(d_model) (Gemma)
@@ -106,8 +119,29 @@ class ModelConfig:
             bad(f"normalization={self.normalization!r} is unknown; choose one of {NORMS}")
         if self.positional not in POSITIONALS:
             bad(f"positional={self.positional!r} is unknown; choose one of {POSITIONALS}")
-        if self.positional == "rope" and self.d_head % 2:
-            bad(f"RoPE needs an even d_head, got {self.d_head}")
+        if self.positional == "rope" and self.rope_dim % 2:
+            bad(f"RoPE needs an even number of rotated dims, got {self.rope_dim}")
+        if self.rotary_dim is not None and not 0 < self.rotary_dim <= self.d_head:
+            bad(
+                f"rotary_dim must lie in [1, d_head={self.d_head}] or be None, got {self.rotary_dim}"
+            )
+        if self.rope_scaling_type not in ROPE_SCALINGS:
+            bad(
+                f"rope_scaling_type={self.rope_scaling_type!r} is unknown; choose one of "
+                f"{ROPE_SCALINGS}"
+            )
+        if not self.rope_scaling > 0:
+            bad(f"rope_scaling must be positive, got {self.rope_scaling!r}")
+        if self.rope_scaling_type == "llama3" and not (
+            0 < self.rope_low_freq_factor < self.rope_high_freq_factor
+            and self.rope_original_n_ctx > 0
+        ):
+            bad(
+                "llama3 RoPE scaling needs 0 < rope_low_freq_factor < rope_high_freq_factor "
+                "and a positive rope_original_n_ctx"
+            )
+        if self.parallel_attn_mlp and self.attn_only:
+            bad("parallel_attn_mlp needs an MLP (d_mlp); an attention-only model has none")
         if self.dtype not in DTYPES:
             bad(f"dtype={self.dtype!r} is unknown; choose one of {DTYPES}")
         if self.normalization == "none" and (
@@ -146,6 +180,16 @@ class ModelConfig:
     def attn_scale(self) -> float:
         """Multiplier of q.k: query_pre_attn_scalar**-0.5 (Gemma 2/3), else d_head**-0.5."""
         return (self.query_pre_attn_scalar or self.d_head) ** -0.5
+
+    @property
+    def rope_dim(self) -> int:
+        """The number of rotated dims of each query / key head (RoPE models)."""
+        return self.d_head if self.rotary_dim is None else self.rotary_dim
+
+    @property
+    def has_attn_out_bias(self) -> bool:
+        """Whether the attention output projection has a bias `b_O`."""
+        return self.use_attn_bias if self.use_attn_out_bias is None else self.use_attn_out_bias
 
     @property
     def resolved_layer_types(self) -> tuple[str, ...]:

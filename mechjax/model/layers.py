@@ -63,6 +63,8 @@ def activation(name: str, x: jax.Array) -> jax.Array:
         return jax.nn.gelu(x, approximate=True)
     if name == "relu":
         return jax.nn.relu(x)
+    if name == "silu":
+        return jax.nn.silu(x)
     if name == "solu":
         return x * jax.nn.softmax(x, axis=-1)
     raise ValueError(f"unknown activation {name!r}")
@@ -73,36 +75,68 @@ def softcap(x: jax.Array, cap: float | None) -> jax.Array:
     return x if cap is None else cap * jnp.tanh(x / cap)
 
 
-def rope_tables(cfg: ModelConfig, n_pos: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin tables `[layer, pos, d_head]` for rotary embeddings (float32).
+def rope_inverse_frequencies(cfg: ModelConfig, base: float, factor: float) -> np.ndarray:
+    """The rotary inverse frequencies `[rope_dim / 2]` (float32, as the references
+    compute them): `base^(-2i/rope_dim)`, then scaled by `factor` (1: none) as the config's
+    `rope_scaling_type` says.
 
-    Split-halves convention (HF/Gemma): frequencies `base^(-2i/d_head)` for
-    i < d_head/2, repeated for both halves. Local layers use `rope_local_base` when set;
-    global layers divide positions by `rope_scaling` (linear scaling).
+    linear: every frequency divided by `factor` (positions divided by it).
+    llama3 (HF's "llama3" rope type, Llama 3.1+): with `n0 = rope_original_n_ctx`,
+    wavelengths `2 pi / f` above `n0 / low_freq_factor` are divided by `factor`, those
+    below `n0 / high_freq_factor` kept, and those between interpolated with
+    `s = (n0 / wavelength - low) / (high - low)`: `f ((1 - s) / factor + s)`.
     """
-    half = cfg.d_head // 2
-    exponents = np.arange(0, cfg.d_head, 2).astype(np.float32)[:half] / np.float32(cfg.d_head)
-    positions = np.arange(n_pos, dtype=np.float64)
+    dim = cfg.rope_dim
+    exponents = np.arange(0, dim, 2).astype(np.float32)[: dim // 2] / np.float32(dim)
+    inv_freq = np.float32(1.0) / (np.float32(base) ** exponents)
+    if factor == 1.0:
+        return inv_freq
+    if cfg.rope_scaling_type == "linear":
+        return inv_freq / np.float32(factor)
+    low, high, n0 = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_n_ctx
+    wavelength = 2 * np.pi / inv_freq.astype(np.float64)
+    smooth = (n0 / wavelength - low) / (high - low)
+    scaled = np.where(wavelength > n0 / low, inv_freq / factor, inv_freq)
+    medium = (wavelength >= n0 / high) & (wavelength <= n0 / low)
+    scaled = np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    return scaled.astype(np.float32)
+
+
+def rope_tables(cfg: ModelConfig, n_pos: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin tables `[layer, pos, rope_dim]` for rotary embeddings (float32).
+
+    Split-halves convention (HF/Gemma/Llama/GPT-NeoX): frequencies from
+    `rope_inverse_frequencies`, repeated for both halves of the rotated dims. Local
+    layers use `rope_local_base` when set and are never scaled (HF Gemma 3); global
+    layers are scaled by `rope_scaling`.
+    """
+    positions = np.arange(n_pos, dtype=np.float32)
     cos, sin = [], []
     for layer_type in cfg.resolved_layer_types:
-        if layer_type == "local":  # local layers are never position-scaled (HF Gemma 3)
+        if layer_type == "local":
             base, factor = cfg.rope_local_base or cfg.rope_base, 1.0
         else:
             base, factor = cfg.rope_base, cfg.rope_scaling
-        # float32 inverse frequencies as the reference computes them, then angles
-        inv_freq = (np.float32(1.0) / (np.float32(base) ** exponents)) / np.float32(factor)
-        angles = positions.astype(np.float32)[:, None] * inv_freq[None, :]
+        angles = positions[:, None] * rope_inverse_frequencies(cfg, base, factor)[None, :]
         angles = np.concatenate([angles, angles], axis=-1)
         cos.append(np.cos(angles))
         sin.append(np.sin(angles))
-    shape = (cfg.n_layers, n_pos, cfg.d_head)
+    shape = (cfg.n_layers, n_pos, cfg.rope_dim)
     return (np.asarray(cos, np.float32).reshape(shape), np.asarray(sin, np.float32).reshape(shape))
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate `x [batch, pos, head, d_head]` with tables `[pos, d_head]`."""
+    """Rotate `x [batch, pos, head, d_head]` with tables `[pos, rope_dim]` (or `[batch,
+    pos, rope_dim]` when each sequence has its own positions). Only the first
+    `rope_dim` dims of each head rotate (GPT-NeoX's partial rotary); the rest pass."""
     dtype = x.dtype
     x = x.astype(jnp.float32)
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return (x * cos[:, None, :] + rotated * sin[:, None, :]).astype(dtype)
+    dim = cos.shape[-1]
+    rot, rest = x[..., :dim], x[..., dim:]
+    half = dim // 2
+    rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+    cos, sin = cos[..., None, :], sin[..., None, :]
+    out = rot * cos + rotated * sin
+    if rest.shape[-1]:
+        out = jnp.concatenate([out, rest], axis=-1)
+    return out.astype(dtype)

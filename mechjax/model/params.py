@@ -11,12 +11,12 @@ params = {
     "W_Q": [layer, head, d_model, d_head]     "b_Q": [layer, head, d_head]
     "W_K": [layer, kv_head, d_model, d_head]  "b_K": [layer, kv_head, d_head]
     "W_V": [layer, kv_head, d_model, d_head]  "b_V": [layer, kv_head, d_head]
-    "W_O": [layer, head, d_head, d_model]     "b_O": [layer, d_model]
+    "W_O": [layer, head, d_head, d_model]     "b_O": [layer, d_model]  (has_attn_out_bias)
     "ln1_w", "ln1_b", "ln2_w", "ln2_b": [layer, d_model]        pre-attention / pre-MLP
     "ln1_post_w", "ln2_post_w": [layer, d_model]                 Gemma 2/3 post-norms
     "q_norm_w", "k_norm_w": [layer, d_head]                      Gemma 3 q/k norms
     "W_in": [layer, d_model, d_mlp]  "b_in": [layer, d_mlp]      (linear branch if gated)
-    "W_gate": [layer, d_model, d_mlp]                            (activated branch, gated)
+    "W_gate": [layer, d_model, d_mlp] "b_gate": [layer, d_mlp]   (activated branch, gated)
     "W_out": [layer, d_mlp, d_model] "b_out": [layer, d_model]
     "ln_mlp_w", "ln_mlp_b": [layer, d_mlp]                       SoLU's LayerNorm
   }
@@ -61,7 +61,9 @@ def param_shapes(cfg: ModelConfig) -> dict:
         "W_O": (L, H, E, D),
     }
     if cfg.use_attn_bias:
-        blocks.update(b_Q=(L, H, E), b_K=(L, K, E), b_V=(L, K, E), b_O=(L, D))
+        blocks.update(b_Q=(L, H, E), b_K=(L, K, E), b_V=(L, K, E))
+    if cfg.has_attn_out_bias:
+        blocks["b_O"] = (L, D)
     norm_names = []
     if has_norm:
         norm_names.append("ln1")
@@ -86,6 +88,8 @@ def param_shapes(cfg: ModelConfig) -> dict:
         blocks["W_out"] = (L, M, D)
         if cfg.use_mlp_bias:
             blocks["b_in"] = (L, M)
+            if cfg.gated_mlp:
+                blocks["b_gate"] = (L, M)
             blocks["b_out"] = (L, D)
         if cfg.act_fn == "solu":
             blocks["ln_mlp_w"] = (L, M)

@@ -80,6 +80,8 @@ def available_sites(cfg: ModelConfig) -> tuple[str, ...]:
         absent.add("ln2_post_scale")  # no MLP, so no post-MLP norm even if post_mlp_norm
     if not cfg.gated_mlp:
         absent.add("mlp_pre_linear")
+    if cfg.parallel_attn_mlp:  # the MLP reads resid_pre: there is no residual in between
+        absent.add("resid_mid")
     if cfg.n_layers == 0:  # a 0-layer model (embed -> unembed) has no per-layer sites
         absent |= {name for name, (per_layer, _) in SITES.items() if per_layer}
     return tuple(name for name in SITES if name not in absent)

@@ -20,9 +20,10 @@ import numpy as np
 
 from . import layers
 from .attention import attention_mask, attention_scores, causal_attention, softmax_over_keys
-from .checks import check_config, check_tokens
+from .checks import check_config, check_mask, check_tokens
 from .config import ModelConfig
 from .edits import Edit, check_edits
+from .padding import token_positions
 from .params import Params, check_params
 from .sites import SITES, resolve_capture
 from .stream import Stream
@@ -32,12 +33,25 @@ _NO_WINDOW = np.iinfo(np.int32).max
 
 
 class _SiteHooks:
-    """Applies the edits aimed at each site and records the sites being captured."""
+    """Applies the edits aimed at each site and records the sites being captured.
 
-    def __init__(self, capture: tuple[str, ...], edits: tuple[Edit, ...], layer_index=None):
+    valid / query_valid: `[batch, pos]` bools, False at padding, for the positions the
+    sites hold (query_valid for the sites computed at the query rows only, when a run
+    computes fewer of them): an edit never changes a padding position."""
+
+    def __init__(
+        self,
+        capture: tuple[str, ...],
+        edits: tuple[Edit, ...],
+        layer_index=None,
+        valid=None,
+        query_valid=None,
+    ):
         self.capture = capture
         self.edits = edits
         self.layer_index = layer_index
+        self.valid = valid
+        self.query_valid = valid if query_valid is None else query_valid
         self.captured: dict[str, jax.Array] = {}
 
     def wants(self, name: str) -> bool:
@@ -46,18 +60,44 @@ class _SiteHooks:
     def __call__(self, name: str, value: jax.Array) -> jax.Array:
         for edit in self.edits:
             if edit.site == name:
-                value = edit.apply(value, self.layer_index)
+                edited = edit.apply(value, self.layer_index)
+                value = edited if self.valid is None else self._keep_padding(name, value, edited)
         if name in self.capture:
             self.captured[name] = value
         return value
+
+    def _keep_padding(self, name: str, before: jax.Array, after: jax.Array) -> jax.Array:
+        axes = SITES[name][1]
+        valid = self.valid if name in _BEFORE_QUERIES else self.query_valid
+        axis = next(i for i, a in enumerate(axes) if a in ("pos", "query_pos"))
+        shape = [1] * before.ndim
+        shape[0], shape[axis] = valid.shape
+        return jnp.where(valid.reshape(shape), after, before)
 
     def record(self, name: str, value: jax.Array) -> None:
         if name in self.capture:
             self.captured[name] = value
 
 
+def _rope_rows(table, rows):
+    """Rows of a cos/sin table `[pos, rope_dim]`, or `[batch, pos, rope_dim]` when each
+    prompt has its own positions (padding)."""
+    return table[rows] if table.ndim == 2 else table[:, rows]
+
+
 def _attention(
-    h, lp, cos, sin, window, cfg: ModelConfig, norm, site: _SiteHooks, queries=None, prefix=None
+    h,
+    lp,
+    cos,
+    sin,
+    window,
+    cfg: ModelConfig,
+    norm,
+    site: _SiteHooks,
+    queries=None,
+    prefix=None,
+    key_valid=None,
+    cache=None,
 ):
     """One attention sub-block. h [batch, pos, d_model] (already normed).
 
@@ -68,6 +108,12 @@ def _attention(
         `0 .. start - 1` from another run; h then holds positions `start ..` only (whose
         keys and values are computed and appended; RoPE and masks use absolute
         positions).
+    key_valid: `[batch, start + pos]` bool, False at padding keys (`attention_mask`).
+    cache: `(k, v, offset)` for cached decoding: `k, v [batch, slot, kv_head, d_head]`
+        hold the keys and values of slots `0 .. offset - 1` (the rest is unused), `offset`
+        a traced int; h holds the slots `offset ..` and their keys and values are written
+        into the cache (a copy) before attending; key_valid then covers every slot and
+        cos/sin hold h's rows only.
     """
     B, P, _ = h.shape
     K, G, E = cfg.n_kv_heads, cfg.group_size, cfg.d_head
@@ -84,12 +130,20 @@ def _attention(
         q = norm(q, norm.scale(q), lp["q_norm_w"])
         k = norm(k, norm.scale(k), lp["k_norm_w"])
     if cfg.positional == "rope":
-        q = layers.apply_rope(q, cos[absolute], sin[absolute])
-        k = layers.apply_rope(k, cos[start:], sin[start:])
+        q_rows, k_rows = (slice(None),) * 2 if cache is not None else (absolute, slice(start, None))
+        q = layers.apply_rope(q, _rope_rows(cos, q_rows), _rope_rows(sin, q_rows))
+        k = layers.apply_rope(k, _rope_rows(cos, k_rows), _rope_rows(sin, k_rows))
     q, k, v = site("q", q), site("k", k), site("v", v)
     if prefix is not None:
         k, v = (jnp.concatenate([before, now], axis=1) for before, now in zip(prefix, (k, v)))
         queries, P = tuple(absolute.tolist()), start + P
+    if cache is not None:
+        k_cache, v_cache, offset = cache
+        k, v = (
+            jax.lax.dynamic_update_slice(old, new.astype(old.dtype), (0, offset, 0, 0))
+            for old, new in ((k_cache, k), (v_cache, v))
+        )
+        queries, P = offset + jnp.arange(R), k.shape[1]
 
     # head-major layouts; query head h belongs to key/value group h // G (HF's repeat_kv
     # order). The score matmuls run much faster on CPU in this layout than position-major.
@@ -101,13 +155,13 @@ def _attention(
         # would turn a patch or ablation of masked entries into NaN, and an edit must
         # not let a query see future keys. The captured scores are masked.
         scores = site("scores", attention_scores(qh, kh, cfg).reshape(B, -1, R, P))
-        mask = attention_mask(P, window, queries)
-        scores = jnp.where(mask, scores, -jnp.inf)
+        mask = attention_mask(P, window, queries, key_valid)
+        scores = jnp.where(mask if mask.ndim == 2 else mask[:, None], scores, -jnp.inf)
         site.record("scores", scores)
         pattern = site("pattern", softmax_over_keys(scores, h.dtype))
         zh = jnp.einsum("bkgqs,bkse->bkgqe", pattern.reshape(B, K, G, R, P), vh)
     else:  # nothing reads or edits the scores: the fast path
-        zh = causal_attention(qh, kh, vh, window, cfg, h.dtype)
+        zh = causal_attention(qh, kh, vh, window, cfg, h.dtype, key_valid)
     z = zh.transpose(0, 3, 1, 2, 4).reshape(B, R, -1, E)
     z = site("z", z)
 
@@ -117,7 +171,7 @@ def _attention(
         attn_raw = head_out.sum(axis=2)
     else:
         attn_raw = jnp.einsum("bphe,hed->bpd", z, lp["W_O"])
-    bias = lp["b_O"] if cfg.use_attn_bias else jnp.zeros((cfg.d_model,), h.dtype)
+    bias = lp["b_O"] if cfg.has_attn_out_bias else jnp.zeros((cfg.d_model,), h.dtype)
     attn_raw = attn_raw + bias
 
     if cfg.post_attn_norm:
@@ -150,7 +204,10 @@ def _mlp(h, lp, cfg: ModelConfig, norm, site: _SiteHooks):
     if cfg.use_mlp_bias:
         pre = pre + lp["b_in"]
     if cfg.gated_mlp:
-        gate = site("mlp_pre", jnp.einsum("bpd,dm->bpm", h, lp["W_gate"]))
+        gate = jnp.einsum("bpd,dm->bpm", h, lp["W_gate"])
+        if cfg.use_mlp_bias:
+            gate = gate + lp["b_gate"]
+        gate = site("mlp_pre", gate)
         post = layers.activation(cfg.act_fn, gate) * site("mlp_pre_linear", pre)
     else:
         post = layers.activation(cfg.act_fn, site("mlp_pre", pre))
@@ -170,27 +227,45 @@ def _mlp(h, lp, cfg: ModelConfig, norm, site: _SiteHooks):
 
 
 def _block(
-    resid, lp, cos, sin, window, cfg: ModelConfig, site: _SiteHooks, queries=None, prefix=None
+    resid,
+    lp,
+    cos,
+    sin,
+    window,
+    cfg: ModelConfig,
+    site: _SiteHooks,
+    queries=None,
+    prefix=None,
+    key_valid=None,
+    cache=None,
 ):
     """One block. `queries` (static positions): compute only those positions' outputs
     (keys and values still come from every position); `prefix`: earlier positions'
-    keys and values, resid holding the later positions only; both as `_attention`."""
+    keys and values, resid holding the later positions only; `key_valid`: padding;
+    `cache`: cached decoding; all as `_attention`."""
     norm = layers.Norm(cfg)
     has_norm = cfg.normalization != "none"
     resid = site("resid_pre", resid)
     h = resid
     if has_norm:
         h = norm(resid, site("ln1_scale", norm.scale(resid)), lp["ln1_w"], lp.get("ln1_b"))
-    attn = _attention(h, lp, cos, sin, window, cfg, norm, site, queries, prefix)
+    attn = _attention(h, lp, cos, sin, window, cfg, norm, site, queries, prefix, key_valid, cache)
     start = 0 if prefix is None else prefix[0].shape[1]
-    resid = (resid if queries is None else resid[:, np.asarray(queries) - start]) + attn
+    if queries is not None:
+        resid = resid[:, np.asarray(queries) - start]
     if cfg.attn_only:
-        return site("resid_post", resid)
-    resid = site("resid_mid", resid)
-    h = resid
+        return site("resid_post", resid + attn)
+    if cfg.parallel_attn_mlp:  # GPT-NeoX: both sub-blocks read resid_pre
+        h = resid
+    else:
+        resid = site("resid_mid", resid + attn)
+        h = resid
     if has_norm:
-        h = norm(resid, site("ln2_scale", norm.scale(resid)), lp["ln2_w"], lp.get("ln2_b"))
-    return site("resid_post", resid + _mlp(h, lp, cfg, norm, site))
+        h = norm(h, site("ln2_scale", norm.scale(h)), lp["ln2_w"], lp.get("ln2_b"))
+    out = _mlp(h, lp, cfg, norm, site)
+    if cfg.parallel_attn_mlp:
+        return site("resid_post", resid + attn + out)
+    return site("resid_post", resid + out)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "capture", "readout"), inline=True)
@@ -202,6 +277,8 @@ def run(
     capture: tuple[str, ...] = (),
     edits: tuple[Edit, ...] = (),
     readout: tuple[int, ...] | None = None,
+    mask=None,
+    cache=None,
 ):
     """The forward pass every analysis builds on: `(logits, captured)`. Unchecked:
     callers validate at their boundary (`check_tokens`, `check_params`,
@@ -212,23 +289,54 @@ def run(
     tokens [batch, pos] (int); capture: a tuple of site names (`sites.SITES`), each
     returned in `captured` (per-layer sites stacked `[layer, ...]`); edits: a tuple of
     `Edit`s applied at their sites; readout: static non-negative positions, as in
-    `run_from`. Logits are `[batch, pos, vocab]`, or `[batch, len(readout), vocab]`.
+    `run_from`; mask: `[batch, pos]` bool, False at padding (`mechjax.model.padding`);
+    cache: cached decoding, as in `run_from` (tokens then hold the new slots only).
+    Logits are `[batch, pos, vocab]`, or `[batch, len(readout), vocab]`.
     """
     dtype = jnp.dtype(cfg.dtype)
     B, P = tokens.shape
-    top = _SiteHooks(capture, tuple(e for e in edits if not SITES[e.site][0]))
+    embed_edits = tuple(e for e in edits if not SITES[e.site][0])
+    if cache is not None:
+        embed_edits = tuple(_shifted(e, cache[2]) for e in embed_edits)
+    valid = None if mask is None else _columns(jnp.asarray(mask, bool), cache, P)
+    top = _SiteHooks(capture, embed_edits, valid=valid)
     embed = jnp.take(params["W_E"], tokens, axis=0) * jnp.asarray(cfg.embed_scale, dtype)
     resid = top("embed", embed)
     if cfg.positional == "learned":
-        resid = resid + top("pos_embed", jnp.broadcast_to(params["W_pos"][:P], (B, P, cfg.d_model)))
+        if mask is None:
+            pos_embed = jnp.broadcast_to(params["W_pos"][:P], (B, P, cfg.d_model))
+        else:  # each prompt counts its positions from its first real token
+            positions = _columns(token_positions(mask), cache, P)
+            pos_embed = jnp.take(params["W_pos"], positions, axis=0)
+        resid = resid + top("pos_embed", pos_embed)
     logits, captured = run_from(
-        params, resid, cfg, layer=0, capture=capture, edits=edits, readout=readout
+        params,
+        resid,
+        cfg,
+        layer=0,
+        capture=capture,
+        edits=edits,
+        readout=readout,
+        mask=mask,
+        cache=cache,
     )
     return logits, {**top.captured, **captured}
 
 
 # sites of a block computed before its queries, at every position even in a readout run
 _BEFORE_QUERIES = ("resid_pre", "ln1_scale", "k", "v")
+
+
+def _columns(x, cache, n: int):
+    """The columns `[batch, n]` of a per-slot array `x [batch, slot]` that a run computes:
+    all of them, or with a cache the `n` slots from its offset."""
+    return x if cache is None else jax.lax.dynamic_slice_in_dim(x, cache[2], n, axis=1)
+
+
+def _shifted(edit: Edit, offset) -> Edit:
+    """An edit for a cached run whose pos axis starts at slot `offset` (traced): its
+    position selector, in slots, counted from there."""
+    return edit if edit.pos is None else edit.replace(pos=edit.pos - offset)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer", "capture", "readout"), inline=True)
@@ -242,6 +350,8 @@ def run_from(
     edits: tuple[Edit, ...] = (),
     readout: tuple[int, ...] | None = None,
     prefix=None,
+    mask=None,
+    cache=None,
 ):
     """Blocks `layer .. n_layers - 1` and the output head, from `resid [batch, pos,
     d_model]`, the residual stream before block `layer` (static): `(logits, captured)`.
@@ -266,6 +376,17 @@ def run_from(
     start: the earlier positions' keys and values cannot see it. Activation patching
     uses it to skip the positions before the patched one. Nothing may be captured; edits
     act on the positions computed (`Edit.at_positions`).
+
+    mask: `[batch, start + pos]` bool over the whole sequence, False at padding
+    (`mechjax.model.padding`): padding keys are hidden, rotary positions count real
+    tokens only, and edits leave padding positions unchanged.
+
+    cache: `(k, v, offset)` for cached decoding (`mechjax.model.generate`): `k, v` stacked
+    `[layer, batch, slot, kv_head, d_head]` hold the keys and values of slots `0 ..
+    offset - 1` (`offset` traced), resid holds slots `offset ..`; mask (required) covers
+    every slot. Each layer attends over the cache with the new keys and values written
+    in; capture "k" and "v" to get them (`[layer, batch, new, kv_head, d_head]`) and
+    update the cache. Edit positions are slots.
     """
     first_layer = layer
     start = 0 if prefix is None else prefix[0].shape[2]
@@ -273,7 +394,11 @@ def run_from(
         raise ValueError("a run from a key/value prefix computes later positions only: no capture")
     if prefix is not None and readout is not None and min(readout) < start:
         raise ValueError(f"readout positions {readout} precede the prefix's end, {start}")
-    P = start + resid.shape[1]  # positions in the sequence
+    if cache is not None and (mask is None or prefix is not None or readout is not None):
+        raise ValueError("a cached run needs a mask over every slot, and no prefix or readout")
+    P = start + resid.shape[1] if cache is None else cache[0].shape[2]  # the sequence's slots
+    if cache is not None:
+        edits = tuple(_shifted(e, cache[2]) for e in edits)
     held = None if prefix is None else tuple(range(start, P))  # the positions computed
 
     def narrowed(edit, positions):
@@ -284,11 +409,17 @@ def run_from(
     n_scanned = n_run if whole_last_block else n_run - 1
     final_edits = tuple(e for e in edits if not SITES[e.site][0])
     final_edits = tuple(narrowed(e, held if whole_last_block else readout) for e in final_edits)
-    top = _SiteHooks(capture, final_edits)
+    mask = None if mask is None else jnp.asarray(mask, bool)
+    held_valid = None if mask is None else _columns(mask[:, start:], cache, resid.shape[1])
+    readout_valid = None if mask is None or readout is None else mask[:, np.asarray(readout)]
+    top = _SiteHooks(capture, final_edits, valid=held_valid if whole_last_block else readout_valid)
     layer_edits = tuple(e for e in edits if SITES[e.site][0])
     stacked: dict[str, jax.Array] = {}
     if n_run:
         cos, sin = layers.rope_tables(cfg, P) if cfg.positional == "rope" else (None, None)
+        if cos is not None and mask is not None:  # [layer, batch, pos, rope_dim]
+            positions = _columns(token_positions(mask), cache, resid.shape[1])
+            cos, sin = jnp.asarray(cos)[:, positions], jnp.asarray(sin)[:, positions]
         windows = np.array(
             [cfg.sliding_window if t == "local" else _NO_WINDOW for t in cfg.resolved_layer_types],
             np.int32,
@@ -302,15 +433,20 @@ def run_from(
             xs.update(cos=cos[first_layer:], sin=sin[first_layer:])
         if prefix is not None:
             xs.update(prefix=tuple(kv[first_layer:] for kv in prefix))
+        if cache is not None:
+            xs.update(cache=tuple(kv[first_layer:] for kv in cache[:2]))
         block_edits = tuple(narrowed(e, held) for e in layer_edits)
 
         def run_block(resid, x, hooks, queries=None):  # x: one layer's slice of xs
             window, prefix_kv = x["window"], x.get("prefix")
             cos_sin = (x.get("cos"), x.get("sin"))
-            return _block(resid, x["lp"], *cos_sin, window, cfg, hooks, queries, prefix_kv)
+            layer_cache = None if cache is None else (*x["cache"], cache[2])
+            return _block(
+                resid, x["lp"], *cos_sin, window, cfg, hooks, queries, prefix_kv, mask, layer_cache
+            )
 
         def body(resid, x):
-            hooks = _SiteHooks(capture, block_edits, x["layer"])
+            hooks = _SiteHooks(capture, block_edits, x["layer"], held_valid)
             return run_block(resid, x, hooks), hooks.captured
 
         if n_scanned:
@@ -326,6 +462,8 @@ def run_from(
                     narrowed(e, held if e.site in _BEFORE_QUERIES else readout) for e in layer_edits
                 ),
                 x["layer"],
+                held_valid,
+                readout_valid,
             )
             resid = run_block(resid, x, hooks, readout)
     resid = top("final_resid", resid)
@@ -340,35 +478,41 @@ def run_from(
 # -- validation at the boundary -------------------------------------------------------------
 
 
-def _prepare(params, tokens, cfg, edits):
+def _prepare(params, tokens, cfg, edits, mask=None):
     check_config(cfg)
     check_tokens(tokens, cfg)
     check_params(params, cfg)
+    mask = check_mask(mask, tokens)
     edits = (edits,) if isinstance(edits, Edit) else tuple(edits or ())
     check_edits(edits, cfg, n_pos=tokens.shape[1])
-    return jnp.asarray(tokens, jnp.int32), edits
+    return jnp.asarray(tokens, jnp.int32), edits, mask
 
 
-def forward(params: Params, tokens, cfg: ModelConfig, *, edits=()) -> jax.Array:
-    """logits [batch, pos, vocab] (after the final soft-cap, if the model has one)."""
-    tokens, edits = _prepare(params, tokens, cfg, edits)
-    return run(params, tokens, cfg, edits=edits)[0]
+def forward(params: Params, tokens, cfg: ModelConfig, *, edits=(), mask=None) -> jax.Array:
+    """logits [batch, pos, vocab] (after the final soft-cap, if the model has one).
+    `mask [batch, pos]`: False at padding (`mechjax.model.padding`); each prompt's
+    logits at its real positions then equal those of the prompt run alone."""
+    tokens, edits, mask = _prepare(params, tokens, cfg, edits, mask)
+    return run(params, tokens, cfg, edits=edits, mask=mask)[0]
 
 
-def run_with_stream(params: Params, tokens, cfg: ModelConfig, *, capture="writes", edits=()):
+def run_with_stream(
+    params: Params, tokens, cfg: ModelConfig, *, capture="writes", edits=(), mask=None
+):
     """Run the model and return `(logits, Stream)`.
 
     `capture` chooses what the stream keeps: "writes" (default; every write into the
     residual stream, the final norm's frozen scale and the attention patterns), "all"
     (every site of `mechjax.model.sites`), or a list of names. Per-layer values are stacked
     with a leading `layer` axis, e.g. `stream["head_writes"] [layer, batch, pos, head,
-    d_model]`.
+    d_model]`. `mask`: padding, as in `forward` (padding positions hold meaningless
+    values).
     """
-    tokens, edits = _prepare(params, tokens, cfg, edits)
+    tokens, edits, mask = _prepare(params, tokens, cfg, edits, mask)
     names = resolve_capture(capture, cfg)
     # without a post-attention norm each head's write is its output: compute it once
     same = {"head_writes": "head_out"} if not cfg.post_attn_norm else {}
     aliases = {name: of for name, of in same.items() if name in names and of in names}
     capture = tuple(n for n in names if n not in aliases)
-    logits, captured = run(params, tokens, cfg, capture=capture, edits=edits)
+    logits, captured = run(params, tokens, cfg, capture=capture, edits=edits, mask=mask)
     return logits, Stream({**captured, **{name: captured[of] for name, of in aliases.items()}})
