@@ -46,7 +46,7 @@ from mechjax.data.arithmetic import (
     accuracy_by_operation,
     all_problems,
 )
-from mechjax.io import load_hf_gemma, load_model
+from mechjax.io import load_hf, load_model
 from mechjax.model.transformer import run, run_from
 from mechjax.model.unembed import output_head
 
@@ -390,7 +390,7 @@ def main(argv=None) -> int:
     mask = None
     if args.hf:
         t0 = time.time()
-        params, cfg = load_hf_gemma(args.hf, dtype=args.dtype)
+        params, cfg = load_hf(args.hf, dtype=args.dtype)
         print(f"loaded {args.hf} in {time.time() - t0:.1f} s", flush=True)
         tokens, answers, problems, mask = hf_prompts(args.tokenizer or str(args.hf), all_problems())
         lengths = mask.sum(1)

@@ -13,7 +13,7 @@ from conftest import random_model
 import mechjax as mj
 from mechjax.cli import main as cli_main
 from mechjax.cli.analyze import load_any, write_analysis
-from mechjax.io import save_hf_gemma, save_model
+from mechjax.io import save_hf, save_model
 from mechjax.views.analysis_report import (
     FIGURES,
     HTML_FILE,
@@ -142,7 +142,7 @@ def test_cli_on_a_run_directory_and_a_model_directory(tmp_path, capsys):
 def test_cli_on_a_huggingface_gemma_folder_with_grouped_query_attention(tmp_path):
     params = random_model(GEMMA, seed=4)
     folder = tmp_path / "gemma"
-    save_hf_gemma(params, GEMMA, folder)
+    save_hf(params, GEMMA, folder)
     config = json.loads((folder / "config.json").read_text())
     config["bos_token_id"] = 2
     (folder / "config.json").write_text(json.dumps(config))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import mechjax as mj
-from mechjax.io.hf import load_hf_gemma
+from mechjax.io.hf import load_hf
 from mechjax.model.generate import generate
 from mechjax.model.padding import pad_sequences
 
@@ -41,7 +41,7 @@ def test_greedy_generation_matches_transformers(tmp_path):
                 p.mul_(3.0)
     model.config._attn_implementation = "eager"
     model.save_pretrained(tmp_path)
-    params, cfg = load_hf_gemma(tmp_path, dtype="float32")
+    params, cfg = load_hf(tmp_path, dtype="float32")
 
     rng = np.random.default_rng(0)
     prompts = [rng.integers(1, 97, n).tolist() for n in (9, 5, 7)]

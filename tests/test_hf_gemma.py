@@ -1,5 +1,6 @@
-"""HuggingFace Gemma checkpoints: `load_hf_gemma` / `save_hf_gemma` against transformers,
-and our safetensors reader/writer against the `safetensors` package.
+"""HuggingFace Gemma checkpoints: `load_hf` / `save_hf` against transformers, and our
+safetensors reader/writer against the `safetensors` package (the other families:
+tests/test_hf_families.py).
 
 References: tiny random `GemmaForCausalLM` / `Gemma2ForCausalLM` / `Gemma3ForCausalLM`
 (and the multimodal `Gemma3ForConditionalGeneration`) built from configs by transformers
@@ -20,7 +21,8 @@ import pytest
 from conftest import SMALL_CONFIGS, random_tokens
 
 import mechjax as mj
-from mechjax.io.hf import hf_gemma_config, load_hf_gemma, save_hf_gemma
+from mechjax.io.hf import load_hf, save_hf
+from mechjax.io.hf_config import hf_config
 from mechjax.io.safetensors_io import (
     SafetensorsFile,
     load_safetensors,
@@ -197,7 +199,7 @@ def test_logits_match_transformers(name, tmp_path):
     hf_cfg = hf_configs()[name]
     model = hf_model(hf_cfg)
     model.save_pretrained(tmp_path)
-    params, cfg = load_hf_gemma(tmp_path)
+    params, cfg = load_hf(tmp_path)
     tokens = tokens_for(cfg.d_vocab)
     ref = hf_logits(model, tokens)
     ours = mj.forward(params, tokens, cfg)
@@ -226,8 +228,8 @@ def test_sharded_checkpoint(tmp_path):
     model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 2
-    one, cfg_one = load_hf_gemma(tmp_path / "one")
-    sharded, cfg = load_hf_gemma(tmp_path / "sharded")
+    one, cfg_one = load_hf(tmp_path / "one")
+    sharded, cfg = load_hf(tmp_path / "sharded")
     assert cfg == cfg_one.replace(name="sharded")
     jax.tree_util.tree_map(np.testing.assert_array_equal, sharded, one)
     tokens = tokens_for(cfg.d_vocab, seed=1)
@@ -262,7 +264,7 @@ def test_multimodal_gemma3_language_model(tmp_path):
     randomise_(model, seed=2)
     model.config._attn_implementation = "eager"
     model.save_pretrained(tmp_path)
-    params, cfg = load_hf_gemma(tmp_path)  # vision tower and projector are left out
+    params, cfg = load_hf(tmp_path)  # vision tower and projector are left out
     assert cfg.qk_norm and cfg.layer_types == ("local", "global")
     tokens = tokens_for(110, seed=2)  # text tokens only
     assert max_diff(mj.forward(params, tokens, cfg), hf_logits(model, tokens)) <= TOL
@@ -272,14 +274,14 @@ def test_dtypes(tmp_path):
     model = hf_model(hf_configs()["gemma1"], seed=3)
     model.save_pretrained(tmp_path / "f32")
     # float32 checkpoint read as bfloat16: rounded to nearest like torch's .to(bfloat16)
-    params, cfg = load_hf_gemma(tmp_path / "f32", dtype="bfloat16")
+    params, cfg = load_hf(tmp_path / "f32", dtype="bfloat16")
     assert cfg.dtype == "bfloat16"
     q = model.model.layers[1].self_attn.q_proj.weight.detach().to(torch.bfloat16)
     want = q.view(torch.int16).numpy().reshape(4, 8, 32).transpose(0, 2, 1)
     np.testing.assert_array_equal(np.asarray(params["blocks"]["W_Q"][1]).view(np.int16), want)
     # a bfloat16 checkpoint keeps its dtype (and its exact bits) by default
     model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
-    params16, cfg16 = load_hf_gemma(tmp_path / "bf16")
+    params16, cfg16 = load_hf(tmp_path / "bf16")
     assert cfg16.dtype == "bfloat16"
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_array_equal(
@@ -289,7 +291,7 @@ def test_dtypes(tmp_path):
         params,
     )
     with pytest.raises(ValueError, match="dtype="):
-        load_hf_gemma(tmp_path / "f32", dtype="int8")
+        load_hf(tmp_path / "f32", dtype="int8")
 
 
 # -- loading: errors -------------------------------------------------------------------------
@@ -304,7 +306,7 @@ def test_tensor_problems_are_all_listed(tmp_path):
     tensors["model.layers.1.self_attn.k_proj.weight"] = np.zeros((8, 32), np.float32)
     save_safetensors(file, tensors)
     with pytest.raises(ValueError) as err:
-        load_hf_gemma(tmp_path)
+        load_hf(tmp_path)
     message = str(err.value)
     assert "3 problems" in message
     assert "missing model.layers.2.mlp.up_proj.weight [48, 32]" in message
@@ -314,12 +316,12 @@ def test_tensor_problems_are_all_listed(tmp_path):
 
 def test_folder_problems_raise(tmp_path):
     with pytest.raises(ValueError, match="not a folder"):
-        load_hf_gemma(tmp_path / "nowhere")
+        load_hf(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="config.json is missing"):
-        load_hf_gemma(tmp_path)
+        load_hf(tmp_path)
     hf_configs()["gemma1"].save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="neither model.safetensors"):
-        load_hf_gemma(tmp_path)
+        load_hf(tmp_path)
 
 
 # -- config.json mapping ---------------------------------------------------------------------
@@ -342,7 +344,7 @@ def test_hf_defaults_map_to_presets():
         (gemma3_1b, mj.presets.gemma3_1b()),
     ]
     for hf_cfg, preset in pairs:
-        assert hf_gemma_config(hf_cfg.to_dict(), name=preset.name) == preset
+        assert hf_config(hf_cfg.to_dict(), name=preset.name) == preset
 
 
 def test_legacy_config_fields_follow_transformers():
@@ -368,7 +370,7 @@ def test_legacy_config_fields_follow_transformers():
     }
     for model_type, (cls, fields) in legacy.items():
         raw = {"model_type": model_type, **sizes, **fields}
-        ours = hf_gemma_config(raw)
+        ours = hf_config(raw)
         ref = cls(**{k: v for k, v in raw.items() if k != "model_type"})
         hf_act = ref.hidden_act if model_type == "gemma" else ref.hidden_activation
         assert hf_act == "gelu_pytorch_tanh" and ours.act_fn == "gelu_tanh"
@@ -390,7 +392,7 @@ def test_legacy_config_fields_follow_transformers():
 @pytest.mark.parametrize(
     "raw, match",
     [
-        ({"model_type": "llama"}, "model_type='llama'"),
+        ({"model_type": "bert"}, "model_type='bert'; mechjax reads gemma, gemma2"),
         ({"model_type": "gemma2", "use_bidirectional_attention": True}, "bidirectional"),
         ({"model_type": "gemma2", "hidden_activation": "silu"}, "activation 'silu'"),
         (
@@ -402,7 +404,7 @@ def test_legacy_config_fields_follow_transformers():
 )
 def test_unsupported_configs_raise(raw, match):
     with pytest.raises(ValueError, match=match):
-        hf_gemma_config(raw)
+        hf_config(raw)
 
 
 # -- saving ----------------------------------------------------------------------------------
@@ -429,19 +431,21 @@ def numpy_params(cfg: mj.ModelConfig, seed: int) -> dict:
 
 
 @pytest.mark.parametrize("name", ["gemma1_mqa", "gemma2_gqa", "gemma3"])
-def test_save_hf_gemma_runs_in_transformers(name, tmp_path):
+def test_save_hf_runs_in_transformers(name, tmp_path):
     cfg = SMALL_CONFIGS[name]
     params = numpy_params(cfg, seed=4)
-    save_hf_gemma(params, cfg, tmp_path)
+    save_hf(params, cfg, tmp_path)
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager")
     tokens = random_tokens(cfg, n_pos=cfg.n_ctx)
     assert max_diff(mj.forward(params, tokens, cfg), hf_logits(model.eval(), tokens)) <= TOL
-    back, cfg_back = load_hf_gemma(tmp_path)
+    back, cfg_back = load_hf(tmp_path)
     assert cfg_back == cfg.replace(name=os.path.basename(tmp_path))
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)
 
 
-def test_save_rejects_non_gemma(tmp_path):
-    cfg = mj.presets.attn_only(1, d_model=16, n_heads=2, d_vocab=11, n_ctx=8)
-    with pytest.raises(ValueError, match="no HuggingFace Gemma equivalent"):
-        save_hf_gemma(numpy_params(cfg, seed=0), cfg, tmp_path)
+def test_save_rejects_what_gemma_cannot_express(tmp_path):
+    cfg = SMALL_CONFIGS["gemma2_gqa"].replace(use_mlp_bias=True, rotary_dim=4)
+    with pytest.raises(ValueError, match="no HuggingFace Gemma equivalent") as err:
+        save_hf(numpy_params(cfg, seed=0), cfg, tmp_path)
+    assert "use_mlp_bias=True" in str(err.value) and "rotary_dim=4" in str(err.value)
+    assert not (tmp_path / "config.json").exists()

@@ -249,3 +249,77 @@ def test_bad_padding_and_generation_input():
     laid_out = E.steer("resid_pre", np.ones((tokens.shape[1], cfg.d_model)))
     with pytest.raises(ValueError, match="one value for every position"):
         generate(params, tokens, cfg, max_new_tokens=2, edits=laid_out)
+
+
+def test_ablation_and_attribution_sweeps_on_padding():
+    """A left-padded prompt gives the sweeps of the prompt alone (attribution: its
+    columns shifted, nothing attributed to padding)."""
+    from mechjax.causal.ablation import ablation_sweep
+    from mechjax.causal.attribution_patching import attribution_patching
+
+    params, cfg = _model("llama")
+    short, long = _prompts()[1], _prompts()[0]
+    tokens, mask = pad_sequences([short, long], 0, "left")
+    tokens, mask = tokens[:1], mask[:1]  # the short prompt, behind padding
+    corrupt = tokens.copy()
+    corrupt[0, -2] = (corrupt[0, -2] + 1) % cfg.d_vocab
+    answers = (np.array([3]), np.array([4]))
+    padded = ablation_sweep(params, cfg, tokens, "head", answers=answers, mask=mask)
+    alone = ablation_sweep(params, cfg, np.array([short]), "head", answers=answers)
+    np.testing.assert_allclose(padded.loss, alone.loss, atol=2e-5)
+    np.testing.assert_allclose(padded.metric, alone.metric, atol=2e-5)
+    with pytest.raises(ValueError, match="padded batch"):
+        ablation_sweep(params, cfg, tokens, "head", method="mean", mask=mask)
+
+    sites = {"resid_pre": ("layer", "pos")}
+    padded = attribution_patching(params, cfg, tokens, corrupt, sites, answers=answers, mask=mask)
+    alone = attribution_patching(
+        params, cfg, np.array([short]), corrupt[:, mask[0]], sites, answers=answers
+    )
+    shift = tokens.shape[1] - len(short)
+    got, want = padded["resid_pre"], alone["resid_pre"]
+    np.testing.assert_allclose(got.raw[:, shift:], want.raw, atol=2e-5)
+    np.testing.assert_allclose(got.raw[:, :shift], float(got.clean_metric), atol=1e-6)
+
+
+def test_path_patching_on_padding():
+    from mechjax.causal.path_patching import path_patching
+
+    params, cfg = _model("gpt2")
+    short, long = _prompts()[1], _prompts()[0]
+    tokens, mask = pad_sequences([short, long], 0, "left")
+    tokens, mask = tokens[:1], mask[:1]
+    corrupt = tokens.copy()
+    corrupt[0, -2] = (corrupt[0, -2] + 1) % cfg.d_vocab
+    answers = (np.array([3]), np.array([4]))
+    padded = path_patching(params, cfg, tokens, corrupt, answers=answers, mask=mask)
+    alone = path_patching(params, cfg, np.array([short]), corrupt[:, mask[0]], answers=answers)
+    np.testing.assert_allclose(padded.raw, alone.raw, atol=2e-5)
+
+
+def test_tracing_and_integrated_gradients_on_padding():
+    from mechjax.causal.integrated_gradients import integrated_gradients
+    from mechjax.causal.tracing import causal_trace
+
+    params, cfg = _model("neox")
+    short, long = _prompts()[1], _prompts()[0]
+    tokens, mask = pad_sequences([short, long], 0, "left")
+    tokens, mask = tokens[:1], mask[:1]
+    shift = tokens.shape[1] - len(short)
+    answers = (np.array([3]), np.array([4]))
+    padded = integrated_gradients(params, cfg, tokens, answers=answers, steps=8, mask=mask)
+    alone = integrated_gradients(params, cfg, np.array([short]), answers=answers, steps=8)
+    # attributions here reach 1e6: a float32 relative tolerance
+    np.testing.assert_allclose(
+        padded.attributions[:, shift:], alone.attributions, rtol=2e-4, atol=1e-3
+    )
+    assert float(np.abs(np.asarray(padded.attributions[:, :shift])).max()) == 0
+
+    noise = np.random.default_rng(0).normal(size=(2, 1, tokens.shape[1], cfg.d_model))
+    kwargs = dict(noise=noise.astype(np.float32), window=1, kinds=("hidden",))
+    padded = causal_trace(params, cfg, tokens, shift, mask=mask, **kwargs)
+    alone = causal_trace(
+        params, cfg, np.array([short]), 0, **{**kwargs, "noise": kwargs["noise"][:, :, shift:]}
+    )
+    np.testing.assert_allclose(padded.hidden[:, shift:], alone.hidden, atol=2e-5)
+    np.testing.assert_allclose(padded.clean_prob, alone.clean_prob, atol=1e-6)

@@ -15,7 +15,7 @@ weights and the same tokens; see common.py for the protocol):
     256, d_mlp 9216, vocabulary 256,000) with 2 layers (one local, one global), batch
     1 x 128, float32: `mj.forward` vs HF `Gemma2ForCausalLM` (eager attention, no KV
     cache). The weights are written once as an HF folder (`save_pretrained`) and each side
-    loads it (`from_pretrained` / `mechjax.io.load_hf_gemma`).
+    loads it (`from_pretrained` / `mechjax.io.load_hf`).
 (c) capture: the toy of (a) with every activation kept: `mj.run_with_stream(...,
     capture="all")` vs TransformerLens `run_with_cache`; and mechjax's capture overhead
     over its own plain forward of row (a).
@@ -199,23 +199,23 @@ def _toy_transformer_lens(spec: dict) -> dict:
 
 
 def _gemma_mechjax(spec: dict) -> dict:
-    """Row (b), mechjax side: load the HF folder with load_hf_gemma, jitted forward."""
+    """Row (b), mechjax side: load the HF folder with load_hf, jitted forward."""
     import jax.numpy as jnp
 
     import mechjax as mj
-    from mechjax.io import load_hf_gemma
+    from mechjax.io import load_hf
 
     init_jax_runtime()
     mem = PeakMemory()
     start = time.perf_counter()
-    params, cfg = load_hf_gemma(spec["folder"])
+    params, cfg = load_hf(spec["folder"])
     load_s = time.perf_counter() - start
     load_peak_mib = mem.delta_mib()
     expected = mj.ModelConfig.from_dict(spec["cfg"])
     if cfg.replace(name=expected.name) != expected:
         got, want = cfg.to_dict(), expected.to_dict()
         diff = {k: (got[k], want[k]) for k in want if k != "name" and got[k] != want[k]}
-        raise RuntimeError(f"load_hf_gemma gave another config: (loaded, expected) {diff}")
+        raise RuntimeError(f"load_hf gave another config: (loaded, expected) {diff}")
     tokens = jnp.asarray(_gemma_tokens(spec), jnp.int32)
     call = jax_blocking(lambda: mj.forward(params, tokens, cfg))
     timing = time_calls(call, warmup=spec["warmup"], repeats=spec["repeats"])

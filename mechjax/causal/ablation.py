@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
+from ..model.checks import check_mask
 from ..model.config import ModelConfig
 from ..model.edits import Edit, check_edits, mean_ablate, resample, zero_ablate
 from ..model.losses import token_losses_from_logits
@@ -156,9 +157,14 @@ class AblationResult:
         return None if self.metric is None else self.metric - self.base_metric
 
 
-def _loss(logits, tokens):
-    """Mean next-token cross-entropy (nats), as training measures it."""
-    return token_losses_from_logits(logits, tokens).mean()
+def _loss(logits, tokens, mask=None):
+    """Mean next-token cross-entropy (nats), as training measures it; with a padding
+    `mask`, over the predictions of a real token from a real token only."""
+    losses = token_losses_from_logits(logits, tokens)
+    if mask is None:
+        return losses.mean()
+    pairs = mask[:, :-1] & mask[:, 1:]
+    return jnp.where(pairs, losses, 0.0).sum() / jnp.maximum(pairs.sum(), 1)
 
 
 def _no_metric(logits):
@@ -175,6 +181,7 @@ def _sweep(
     cells,
     key,
     metric,
+    mask,
     *,
     cfg,
     component,
@@ -183,17 +190,18 @@ def _sweep(
     chunk_size,
 ):
     sites = component_sites(component, cfg)
-    base_logits = run(params, tokens, cfg)[0]
+    base_logits = run(params, tokens, cfg, mask=mask)[0]
+    # the reference is never padded (ablation_sweep refuses that)
     acts = run(params, reference, cfg, capture=sites)[1] if method != "zero" else {}
     templates = _templates(sites, method, acts, key, over_positions)
 
     def one_cell(cell):
         edits = tuple(e.replace(layer=cell["layer"], head=cell.get("head")) for e in templates)
-        logits = run(params, tokens, cfg, edits=edits)[0]
-        return _loss(logits, tokens), metric(logits)
+        logits = run(params, tokens, cfg, edits=edits, mask=mask)[0]
+        return _loss(logits, tokens, mask), metric(logits)
 
     loss, value = sweep.map_cells(one_cell, cells, chunk_size)
-    return loss, value, _loss(base_logits, tokens), metric(base_logits)
+    return loss, value, _loss(base_logits, tokens, mask), metric(base_logits)
 
 
 def ablation_sweep(
@@ -208,6 +216,7 @@ def ablation_sweep(
     metric=None,
     answers=None,
     chunk_size: int | str | None = "auto",
+    mask=None,
 ) -> AblationResult:
     """Ablate every head (`[layer, head]`), MLP or layer (`[layer]`) in turn.
 
@@ -218,10 +227,20 @@ def ablation_sweep(
     key: PRNG key shuffling the reference batch for "resample".
     metric / answers: an optional metric `f(logits) -> scalar`, or `answers=(correct,
         wrong)` for the logit difference at the last position; None: loss only.
+    mask: `[batch, pos]` bool, False at padding (`mechjax.model.padding`): the loss
+        counts real tokens only and the default metric reads each prompt's last token.
+        "resample" shuffles prompts with their padding, so it needs equal lengths;
+        "mean" takes the mean from unpadded `reference_tokens`.
     """
     (tokens,) = sweep.check_model_inputs(params, cfg, tokens)
+    mask = check_mask(mask, tokens)
     component_sites(component, cfg)  # validates the component for this model
     _check_method(method)
+    if mask is not None and method != "zero" and (reference_tokens is None or method == "resample"):
+        raise ValueError(
+            f"{method} ablation of a padded batch would mix padding into the reference; "
+            "use method='zero', or for 'mean' pass unpadded reference_tokens"
+        )
     chunk_size = sweep.check_chunk_size(chunk_size, tokens.shape[0] * tokens.shape[1])
     reference = tokens if reference_tokens is None else reference_tokens
     (reference,) = sweep.check_model_inputs(params, cfg, reference)
@@ -243,7 +262,9 @@ def ablation_sweep(
         shuffle = method == "resample"
     has_metric = metric is not None or answers is not None
     metric = (
-        resolve_metric(metric, answers, cfg, tokens.shape) if has_metric else Partial(_no_metric)
+        resolve_metric(metric, answers, cfg, tokens.shape, mask)
+        if has_metric
+        else Partial(_no_metric)
     )
     over = ("layer", "head") if component == "head" else ("layer",)
     sizes = (cfg.n_layers, cfg.n_heads) if component == "head" else (cfg.n_layers,)
@@ -254,6 +275,7 @@ def ablation_sweep(
         sweep.grid(sizes, over),
         key if shuffle else None,
         metric,
+        None if mask is None else jnp.asarray(mask),
         cfg=cfg,
         component=component,
         method=method,

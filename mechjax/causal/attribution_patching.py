@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..model.checks import check_mask
 from ..model.config import ModelConfig
 from ..model.edits import steer
 from ..model.sites import SITES
@@ -63,14 +64,14 @@ def _reduce(product: jax.Array, site: str, over: tuple[str, ...]) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sites"))
-def _attribute(params, clean, corrupted, metric, denoise, *, cfg, sites):
+def _attribute(params, clean, corrupted, metric, denoise, mask, *, cfg, sites):
     names = tuple(sorted({site for site, _ in sites}))
     base, other = sweep.pick(denoise, corrupted, clean), sweep.pick(denoise, clean, corrupted)
-    other_logits, other_acts = run(params, other, cfg, capture=names)
+    other_logits, other_acts = run(params, other, cfg, capture=names, mask=mask)
 
     def metric_of_steering(values):
         edits = tuple(steer(n, values[n], per_layer=SITES[n][0]) for n in names)
-        logits, acts = run(params, base, cfg, capture=names, edits=edits)
+        logits, acts = run(params, base, cfg, capture=names, edits=edits, mask=mask)
         return metric(logits), acts
 
     zeros = {n: jnp.zeros_like(other_acts[n]) for n in names}
@@ -108,6 +109,7 @@ def attribution_patching(
     metric=None,
     answers=None,
     mode: str = "noise",
+    mask=None,
 ) -> dict[str, sweep.PatchingResult]:
     """First-order estimates of activation patching at many sites at once.
 
@@ -115,16 +117,25 @@ def attribution_patching(
         `{site: over}`, e.g. `{"resid_pre": ("layer", "pos"), "z": ("layer", "head",
         "pos")}`. Default: resid_pre, attn_out and mlp_out over (layer, pos), head_out
         over (layer, head).
-    metric / answers / mode: as in `activation_patching` (default mode here "noise").
+    metric / answers / mode / mask: as in `activation_patching` (default mode here
+        "noise"; padding positions get no attribution: an edit there has no effect).
 
     Returns `{site: PatchingResult}` with mode "attribution-noise" / "attribution-denoise".
     """
     clean, corrupted = sweep.check_model_inputs(params, cfg, clean_tokens, corrupted_tokens)
+    mask = check_mask(mask, clean)
     denoise = sweep.check_mode(mode)
     sites = check_sites(sites, cfg, clean.shape[1])
-    metric = resolve_metric(metric, answers, cfg, clean.shape)
+    metric = resolve_metric(metric, answers, cfg, clean.shape, mask)
     estimates, base_metric, other_metric = _attribute(
-        params, clean, corrupted, metric, denoise, cfg=cfg, sites=sites
+        params,
+        clean,
+        corrupted,
+        metric,
+        denoise,
+        None if mask is None else jnp.asarray(mask),
+        cfg=cfg,
+        sites=sites,
     )
     clean_metric, corrupted_metric = (
         (base_metric, other_metric) if mode == "noise" else (other_metric, base_metric)

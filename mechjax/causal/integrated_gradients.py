@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..model.checks import check_mask
 from ..model.config import ModelConfig
 from ..model.edits import patch
 from ..model.transformer import run
@@ -54,15 +55,15 @@ class IGResult:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "chunk_size", "readout"))
 def _integrated_gradients(
-    params, tokens, baseline, alphas, weights, read_metric, *, cfg, chunk_size, readout
+    params, tokens, baseline, alphas, weights, read_metric, mask, *, cfg, chunk_size, readout
 ):
     """`read_metric` scores the logits at the positions `readout` (`metrics.readout`)."""
-    _, captured = run(params, tokens, cfg, capture=("embed",))
+    _, captured = run(params, tokens, cfg, capture=("embed",), mask=mask)
     x = captured["embed"]
 
     def f(embedding):
         edit = patch("embed", embedding)
-        return read_metric(run(params, tokens, cfg, edits=(edit,), readout=readout)[0])
+        return read_metric(run(params, tokens, cfg, edits=(edit,), readout=readout, mask=mask)[0])
 
     grad_at = jax.grad(f)
 
@@ -86,6 +87,7 @@ def integrated_gradients(
     steps: int = 64,
     method: str = "trapezoid",
     chunk_size: int | str | None = "auto",
+    mask=None,
 ) -> IGResult:
     """Integrated gradients of `metric` with respect to the token embeddings.
 
@@ -97,14 +99,17 @@ def integrated_gradients(
     or "riemann_left" / "riemann_right" / "riemann_middle" (steps evaluations).
     chunk_size: gradient evaluations per vmapped chunk ("auto", an int, or None: all
         at once), as in patching sweeps.
+    mask: `[batch, pos]` bool, False at padding: padding gets no attribution and the
+        default metric reads each prompt's last token.
     """
     (tokens,) = sweep.check_model_inputs(params, cfg, tokens)
+    mask = check_mask(mask, tokens)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if method not in QUADRATURES:
         raise ValueError(f"method={method!r}: choose one of {QUADRATURES}")
     chunk_size = sweep.check_chunk_size(chunk_size, tokens.shape[0] * tokens.shape[1])
-    metric = resolve_metric(metric, answers, cfg, tokens.shape)
+    metric = resolve_metric(metric, answers, cfg, tokens.shape, mask)
     positions, read_metric = readout(metric, tokens.shape[1])
     shape = (*tokens.shape, cfg.d_model)
     if baseline is None:
@@ -125,6 +130,7 @@ def integrated_gradients(
         jnp.asarray(alphas, jnp.float32),
         jnp.asarray(weights, jnp.float32),
         read_metric,
+        None if mask is None else jnp.asarray(mask),
         cfg=cfg,
         chunk_size=chunk_size,
         readout=positions,

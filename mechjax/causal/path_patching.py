@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..model.checks import check_mask
 from ..model.config import ModelConfig
 from ..model.edits import Edit, patch
 from ..model.transformer import run
@@ -63,6 +64,7 @@ def _path_sweep(
     sender_mask,
     receiver_pos,
     read_metric,
+    mask,
     *,
     cfg,
     receivers,
@@ -74,7 +76,7 @@ def _path_sweep(
     freeze_mlps = freeze_mlps and not cfg.attn_only
     clean_names = ("attn_out", "head_writes") + (("mlp_out",) if freeze_mlps else ())
     (clean_logits, c), (corrupted_logits, x) = sweep.run_pair(
-        params, clean, corrupted, cfg, clean_names, readout
+        params, clean, corrupted, cfg, clean_names, readout, mask
     )
     # [layer, batch, pos, head, d_model], zero outside the sender positions
     diff = (x["head_writes"] - c["head_writes"]) * sender_mask[None, None, :, None, None]
@@ -88,12 +90,14 @@ def _path_sweep(
         if freeze_mlps:
             frozen.append(_frozen("mlp_out", c["mlp_out"]))
         if not receivers:  # the logits are the receiver
-            return read_metric(run(params, clean, cfg, edits=tuple(frozen), readout=readout)[0])
-        _, recorded = run(params, clean, cfg, capture=kinds, edits=tuple(frozen))
+            logits = run(params, clean, cfg, edits=tuple(frozen), readout=readout, mask=mask)[0]
+            return read_metric(logits)
+        _, recorded = run(params, clean, cfg, capture=kinds, edits=tuple(frozen), mask=mask)
         patches = []
         for (layer, kind), heads in _group(receivers).items():
             patches.append(patch(kind, recorded[kind], layer=layer, pos=receiver_pos, head=heads))
-        return read_metric(run(params, clean, cfg, edits=tuple(patches), readout=readout)[0])
+        logits = run(params, clean, cfg, edits=tuple(patches), readout=readout, mask=mask)[0]
+        return read_metric(logits)
 
     raw = sweep.map_cells(one_sender, cells, chunk_size)
     return raw, read_metric(clean_logits), read_metric(corrupted_logits)
@@ -161,6 +165,7 @@ def path_patching(
     sender_pos=None,
     receiver_pos=None,
     chunk_size: int | str | None = "auto",
+    mask=None,
 ) -> sweep.PatchingResult:
     """Path-patch every sender head (layer x head) into `receivers`.
 
@@ -173,6 +178,7 @@ def path_patching(
     sender_pos: positions where the sender's output is corrupted (default: all).
     receiver_pos: positions where the receivers' inputs are patched (default: all; for
         k / v these are key positions).
+    mask: padding shared by both runs, as in `activation_patching`.
 
     Returns a `PatchingResult` with axes ("layer", "head") over senders; mode "path".
     `raw` is the metric of the clean run after path patching, `normalized` as always
@@ -180,6 +186,7 @@ def path_patching(
     the whole input).
     """
     clean, corrupted = sweep.check_model_inputs(params, cfg, clean_tokens, corrupted_tokens)
+    mask = check_mask(mask, clean)
     if cfg.n_layers == 0:
         raise ValueError("path patching needs a model with at least one layer of heads")
     receivers = check_receivers(receivers, cfg)
@@ -189,7 +196,7 @@ def path_patching(
     sender_mask = jnp.ones((n_pos,), jnp.dtype(cfg.dtype))
     if sender_idx is not None:
         sender_mask = jnp.zeros_like(sender_mask).at[sender_idx].set(1)
-    metric = resolve_metric(metric, answers, cfg, clean.shape)
+    metric = resolve_metric(metric, answers, cfg, clean.shape, mask)
     positions, read_metric = readout(metric, n_pos)
     over, sizes = ("layer", "head"), (cfg.n_layers, cfg.n_heads)
     raw, clean_metric, corrupted_metric = _path_sweep(
@@ -200,6 +207,7 @@ def path_patching(
         sender_mask,
         _positions(receiver_pos, n_pos, "receiver_pos"),
         read_metric,
+        None if mask is None else jnp.asarray(mask),
         cfg=cfg,
         receivers=receivers,
         freeze_mlps=freeze_mlps,

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model.checks import check_token_ids
+from ..model.checks import check_mask, check_token_ids
 from ..model.config import ModelConfig
 from ..model.edits import steer
 from ..model.transformer import run
@@ -106,22 +106,23 @@ def trace_noise(key, shape: tuple[int, int, int], subject_pos, noise_std: float,
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "kinds", "window", "chunk_size"))
-def _trace(params, tokens, noise, answer, *, cfg, kinds, window, chunk_size):
+def _trace(params, tokens, noise, answer, mask, *, cfg, kinds, window, chunk_size):
     sites = tuple(KINDS[k] for k in kinds)
     n_samples = noise.shape[0] // tokens.shape[0]
     n_pos = tokens.shape[1]
     # every run scores the logits at the last position only
     positions, read_clean = readout(answer_prob(answer), n_pos)
     _, read_metric = readout(answer_prob(jnp.tile(answer, n_samples)), n_pos)
-    clean_logits, clean_acts = run(params, tokens, cfg, capture=sites, readout=positions)
+    clean_logits, clean_acts = run(params, tokens, cfg, capture=sites, readout=positions, mask=mask)
     clean_prob = read_clean(clean_logits)
 
     noisy_tokens = jnp.tile(tokens, (n_samples, 1))
+    noisy_mask = None if mask is None else jnp.tile(mask, (n_samples, 1))
     # restored values, tiled to the noisy batch: [layer, samples * batch, pos, d_model]
     clean_acts = {s: jnp.tile(a, (1, n_samples, 1, 1)) for s, a in clean_acts.items()}
     corrupt = steer("embed", noise.astype(jnp.dtype(cfg.dtype)))
     corrupted_prob = read_metric(
-        run(params, noisy_tokens, cfg, edits=(corrupt,), readout=positions)[0]
+        run(params, noisy_tokens, cfg, edits=(corrupt,), readout=positions, mask=noisy_mask)[0]
     )
 
     def restore(cell):
@@ -129,7 +130,10 @@ def _trace(params, tokens, noise, answer, *, cfg, kinds, window, chunk_size):
         for kind in kinds:
             where = {"layer": cell[kind], "pos": cell["pos"]}
             edits.append(cell_patch(KINDS[kind], clean_acts[KINDS[kind]], where))
-        return read_metric(run(params, noisy_tokens, cfg, edits=tuple(edits), readout=positions)[0])
+        logits = run(
+            params, noisy_tokens, cfg, edits=tuple(edits), readout=positions, mask=noisy_mask
+        )[0]
+        return read_metric(logits)
 
     flat = sweep.map_cells(restore, _cells(kinds, cfg.n_layers, n_pos, window), chunk_size)
     maps = dict(zip(kinds, flat.reshape(len(kinds), cfg.n_layers, n_pos)))
@@ -151,6 +155,7 @@ def causal_trace(
     window: int = 10,
     kinds=("hidden", "mlp", "attn"),
     chunk_size: int | str | None = "auto",
+    mask=None,
 ) -> TracingResult:
     """Causal tracing heat maps for `tokens [batch, pos]` (prompts of equal length with
     the subject at the same positions; one prompt is `tokens[None]`).
@@ -163,8 +168,13 @@ def causal_trace(
     noise_std: the noise's std (default `noise_scale * embedding_std(params, cfg)`).
     window: layers per MLP / attention restoration window. kinds: which maps to compute
     ("mlp" is skipped for attention-only models). chunk_size: as in patching sweeps.
+    mask: `[batch, pos]` bool, False at padding; the prompts must be left-padded (the
+    answer is read at the last column), and the subject positions are columns.
     """
     (tokens,) = sweep.check_model_inputs(params, cfg, tokens)
+    mask = check_mask(mask, tokens)
+    if mask is not None and not mask[:, -1].all():
+        raise ValueError("causal tracing reads the last column: pad the prompts on the left")
     if cfg.n_layers == 0:
         raise ValueError("causal tracing needs a model with at least one layer")
     n_batch, n_pos = tokens.shape
@@ -174,7 +184,7 @@ def causal_trace(
         noise_std = noise_scale * embedding_std(params, cfg)
     if not noise_std >= 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
-    answer = _answer_ids(params, cfg, tokens, answer)
+    answer = _answer_ids(params, cfg, tokens, answer, mask)
     if noise is None:
         if key is None:
             raise ValueError("give key= (a jax PRNG key) for the noise, or noise= itself")
@@ -182,7 +192,15 @@ def causal_trace(
     else:
         noise, noise_std = _given_noise(noise, subject, (n_batch, n_pos, cfg.d_model))
     maps, clean_prob, corrupted_prob = _trace(
-        params, tokens, noise, answer, cfg=cfg, kinds=kinds, window=window, chunk_size=chunk_size
+        params,
+        tokens,
+        noise,
+        answer,
+        None if mask is None else jnp.asarray(mask),
+        cfg=cfg,
+        kinds=kinds,
+        window=window,
+        chunk_size=chunk_size,
     )
     return TracingResult(
         hidden=maps.get("hidden"),
@@ -223,11 +241,12 @@ def _check_options(subject_pos, n_pos: int, n_samples, window, kinds, cfg: Model
     return subject, kinds
 
 
-def _answer_ids(params, cfg: ModelConfig, tokens, answer) -> jax.Array:
+def _answer_ids(params, cfg: ModelConfig, tokens, answer, mask=None) -> jax.Array:
     """`[batch]` answer ids: given (checked), or the clean run's argmax at the end."""
     n_batch = tokens.shape[0]
     if answer is None:
-        answer = jnp.argmax(run(params, tokens, cfg)[0][:, -1], axis=-1)
+        mask = None if mask is None else jnp.asarray(mask)
+        answer = jnp.argmax(run(params, tokens, cfg, mask=mask)[0][:, -1], axis=-1)
     else:
         ids = np.asarray(answer)
         if (

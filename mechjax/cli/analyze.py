@@ -6,7 +6,7 @@ Accepts, and tells apart by their files:
 * a model directory (`config.json`, `manifest.json`, `params/`; `mechjax.io.load_model`);
 * a training checkpoint `RUN/checkpoints/step_XXXXXXXX` (`config.json`, `state/`;
   `mechjax.io.run_checkpoints.load_checkpoint_params`; the first model of a multi-seed state);
-* a HuggingFace Gemma folder (`config.json` and `*.safetensors`; `load_hf_gemma`).
+* a HuggingFace folder (`config.json` and `*.safetensors`; `mechjax.io.load_hf`).
 
 Token ids are decoded with the run's tokenizer when it can be told: the byte tokenizer
 for 258-token vocabularies (BOS 256), the synthetic tasks' "last id is BOS" otherwise,
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
             "attention-only) and the path decomposition (2-layer attention-only). Writes "
             "PNG figures, analysis.json and a self-contained analysis.html. RUN_OR_CHECKPOINT "
             "is a run directory, a saved model directory, a training checkpoint "
-            "(RUN/checkpoints/step_XXXXXXXX) or a HuggingFace Gemma folder."
+            "(RUN/checkpoints/step_XXXXXXXX) or a HuggingFace model folder."
         ),
     )
     parser.add_argument("model", metavar="RUN_OR_CHECKPOINT", type=Path)
@@ -132,7 +132,7 @@ def load_any(path) -> LoadedModel:
     if not path.exists():
         raise FileNotFoundError(
             f"{path} does not exist; pass a run directory, a saved model directory, a "
-            "training checkpoint (RUN/checkpoints/step_XXXXXXXX) or a HuggingFace Gemma folder"
+            "training checkpoint (RUN/checkpoints/step_XXXXXXXX) or a HuggingFace model folder"
         )
     if not path.is_dir():
         raise ValueError(
@@ -213,9 +213,9 @@ def _synthetic_token_str(bos: int) -> Callable[[int], str]:
 
 
 def _load_hf(path: Path) -> LoadedModel:
-    from ..io import load_hf_gemma
+    from ..io import load_hf
 
-    params, cfg = load_hf_gemma(path)
+    params, cfg = load_hf(path)
     raw = json.loads((path / "config.json").read_text())
     bos = (raw.get("text_config") or raw).get("bos_token_id", raw.get("bos_token_id"))
     bos = bos if isinstance(bos, int) and 0 <= bos < cfg.d_vocab else None

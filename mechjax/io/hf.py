@@ -1,17 +1,37 @@
-"""HuggingFace Gemma 1 / 2 / 3 checkpoints <-> mechjax params and `ModelConfig`.
+"""HuggingFace checkpoints <-> mechjax params and `ModelConfig`, for every family mechjax reads.
 
-    params, cfg = load_hf_gemma("path/to/gemma-2-2b")   # config.json + *.safetensors
-    save_hf_gemma(params, cfg, "out/")                  # config.json + model.safetensors
+    params, cfg = load_hf("path/to/pythia-70m")   # config.json + *.safetensors
+    save_hf(params, cfg, "out/")                  # config.json + model.safetensors
 
 A HuggingFace folder holds `config.json` and either `model.safetensors` or shards
-`model-0000x-of-0000y.safetensors` listed in `model.safetensors.index.json`. A multimodal
-`gemma3` checkpoint contributes its language model only (weights under `language_model.`).
-`config.json` is translated by `hf_config`, tensor names and layouts by `hf_tensors`; the
-safetensors files are read and written by `safetensors_io`.
+`model-0000x-of-0000y.safetensors` listed in `model.safetensors.index.json`.
+`config.json`'s `model_type` picks the family (`hf_config`: Gemma 1/2/3, GPT-2,
+GPT-NeoX / Pythia, Llama / Mistral / Qwen 2); the family names the tensors and their
+layouts (`hf_tensors`). A multimodal `gemma3` checkpoint contributes its language model
+only.
 
 Loading reads the safetensors headers first, checks every name and shape (one ValueError
-lists every missing, unexpected and mis-shaped tensor), then copies shard by shard, via
-memory maps, straight into preallocated stacked arrays: the model is never held twice.
+lists every missing, unexpected and mis-shaped tensor), then copies shard by shard,
+tensor by tensor, from memory maps straight into preallocated stacked arrays of the
+requested dtype: the model is never held twice, and nothing is compiled before the
+checks pass.
+
+The files are read by our own reader (`safetensors_io`), not by the `safetensors`
+library, because the library's reads copy: `safe_open(file, framework="numpy")` reads
+bfloat16 (once `ml_dtypes` is imported, as jax does) but `get_tensor` / `get_slice`
+return arrays backed by a fresh `bytearray`, never by the file's map, so every tensor
+is copied twice (file -> library array -> its place in the stacked, transposed, cast
+array) instead of once. Measured with `experiments/benchmarks/load_safetensors.py` (a
+Llama-like ~1 GiB file read warm into stacked `[layer, in, out]` arrays, the embedding
+last; 2-core machine, median of 5 fresh processes, three runs): the library's peak
+anonymous memory is higher by its largest tensor in every run (float32: 1,236 vs 970
+MiB; bfloat16: 1,170 vs 1,025 MiB; bfloat16 read as float32: 2,195 vs 2,050 MiB; for a
+256k-token embedding the extra is 1-2 GiB), while neither is consistently faster: the
+transposing copies both readers need dominate (library vs ours in the quietest run:
+float32 1.41 vs 1.40 s, bfloat16 1.64 vs 1.85 s, bfloat16 -> float32 3.97 vs 3.90 s; the
+library led some rows in one run and trailed in another, and the runs differ by up to 2x
+on this shared machine). The library stays the tests' reference for the format
+(`tests/test_hf_gemma.py`).
 """
 
 from __future__ import annotations
@@ -25,20 +45,17 @@ import numpy as np
 
 from ..model.config import ModelConfig
 from ..model.params import Params, check_params, param_shapes
-from .hf_config import hf_gemma_config, hf_gemma_config_dict
+from .hf_config import family_of_config, family_of_model_type
+from .hf_family import HFFamily
 from .hf_tensors import hf_names, hf_shape, our_shape, to_hf, to_ours
 from .safetensors_io import DTYPES, SafetensorsFile, read_header, save_safetensors
 
-__all__ = ["hf_gemma_config", "hf_gemma_config_dict", "load_hf_gemma", "save_hf_gemma"]
+__all__ = ["load_hf", "save_hf"]
 
 _FLOAT_TAGS = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 # -- reading a folder ------------------------------------------------------------------------
-
-_BODY_PREFIXES = ("model.", "language_model.model.", "model.language_model.", "")
-_HEAD_PREFIXES = ("", "language_model.")
-_MULTIMODAL_PARTS = ("vision_tower.", "multi_modal_projector.")
 
 
 def _read_json(path: str) -> dict:
@@ -90,47 +107,42 @@ def _locate_tensors(folder: str) -> dict[str, tuple[str, object]]:
     return located
 
 
-def _prefixes(names, folder: str) -> tuple[str, str]:
-    for body in _BODY_PREFIXES:
-        if body + "embed_tokens.weight" in names:
+def _prefixes(family: HFFamily, names, folder: str) -> tuple[str, str]:
+    """(the text model's prefix, the untied unembedding's full name) in this folder."""
+    for body in family.body_prefixes:
+        if body + family.embedding in names:
             break
     else:
         raise ValueError(
-            f"{folder}: no embed_tokens.weight under any of the prefixes {list(_BODY_PREFIXES)}; "
-            "is this a Gemma checkpoint?"
+            f"{folder}: no {family.embedding} under any of the prefixes "
+            f"{list(family.body_prefixes)}; is this a {family.name} checkpoint?"
         )
-    head = next((p for p in _HEAD_PREFIXES if p + "lm_head.weight" in names), "")
-    if body == "language_model.model.":  # older multimodal Gemma 3 keeps the head beside it
-        head = "language_model."
+    head = next((h for h in family.head_names if h in names), family.head_names[0])
     return body, head
 
 
-def _ignorable(name: str, multimodal: bool, tied: bool) -> bool:
-    """Tensors that carry nothing a causal text model needs."""
-    if name.endswith("rotary_emb.inv_freq"):  # a derived buffer some old checkpoints kept
-        return True
-    if tied and name.endswith("lm_head.weight"):  # tied: HF itself ignores it (W_U = W_E.T)
-        return True
-    return multimodal and any(part in name for part in _MULTIMODAL_PARTS)
+def load_hf(path: str | os.PathLike, dtype: str | None = None) -> tuple[Params, ModelConfig]:
+    """Load a HuggingFace folder (`config.json` + safetensors) as `(params, cfg)`.
 
-
-def load_hf_gemma(path: str | os.PathLike, dtype: str | None = None) -> tuple[Params, ModelConfig]:
-    """Load a HuggingFace Gemma 1/2/3 folder as `(params, cfg)`.
-
-    `dtype` ("float32", "bfloat16", "float16") casts the weights and sets `cfg.dtype`;
-    None keeps the dtype the embedding is stored in. Raises ValueError naming every
-    missing, unexpected and mis-shaped tensor before any weight is copied.
+    Families: Gemma 1/2/3, GPT-2, GPT-NeoX (Pythia), Llama, Mistral, Qwen 2 (by
+    `config.json`'s `model_type`). `dtype` ("float32", "bfloat16", "float16") casts the
+    weights and sets `cfg.dtype`; None keeps the dtype the embedding is stored in.
+    Raises ValueError for an unknown `model_type` or an unsupported setting, and names
+    every missing, unexpected and mis-shaped tensor before any weight is copied.
     """
     folder = os.fspath(path)
     if not os.path.isdir(folder):
         raise ValueError(f"{folder} is not a folder; pass the HuggingFace model directory")
     raw = _read_json(os.path.join(folder, "config.json"))
-    cfg = hf_gemma_config(raw, name=os.path.basename(os.path.normpath(folder)))
+    if not isinstance(raw, dict):
+        raise ValueError(f"{folder}/config.json must hold a JSON object")
+    family = family_of_model_type(raw.get("model_type"))
+    cfg = family.config(raw, name=os.path.basename(os.path.normpath(folder)))
     located = _locate_tensors(folder)
-    body, head = _prefixes(located, folder)
+    body, head = _prefixes(family, located, folder)
 
     if dtype is None:
-        dtype = _FLOAT_TAGS.get(located[body + "embed_tokens.weight"][1].dtype, "float32")
+        dtype = _FLOAT_TAGS.get(located[body + family.embedding][1].dtype, "float32")
     if dtype not in _FLOAT_TAGS.values():
         raise ValueError(
             f"dtype={dtype!r} is not supported; choose one of {list(_FLOAT_TAGS.values())}"
@@ -138,8 +150,7 @@ def load_hf_gemma(path: str | os.PathLike, dtype: str | None = None) -> tuple[Pa
     cfg = cfg.replace(dtype=dtype)
 
     shapes = param_shapes(cfg)
-    expected = hf_names(cfg, body, head)
-    multimodal = raw.get("model_type") == "gemma3"
+    expected = hf_names(family.tensors(cfg), cfg.n_layers, body=body, layer=family.layer, head=head)
     problems = []
     for name, (entry, _) in expected.items():
         want = hf_shape(entry.layout, our_shape(shapes, entry))
@@ -152,7 +163,8 @@ def load_hf_gemma(path: str | os.PathLike, dtype: str | None = None) -> tuple[Pa
         if info.dtype not in _FLOAT_TAGS:
             problems.append(f"{name} has dtype {info.dtype}, expected one of {list(_FLOAT_TAGS)}")
     for name in sorted(set(located) - set(expected)):
-        if not _ignorable(name, multimodal, cfg.tied_embeddings):
+        tied_head = cfg.tied_embeddings and name in family.head_names  # HF ignores it too
+        if not (tied_head or family.ignores(name)):
             problems.append(f"unexpected {name}")
     if problems:
         raise ValueError(
@@ -170,8 +182,10 @@ def load_hf_gemma(path: str | os.PathLike, dtype: str | None = None) -> tuple[Pa
     for file, items in by_file.items():
         with SafetensorsFile(file) as f:
             for name, entry, layer in items:
-                target = out["blocks"][entry.ours][layer] if entry.per_layer else out[entry.ours]
-                _copy_into(target, to_ours(entry.layout, f[name], target.shape))
+                shape = our_shape(shapes, entry)
+                for part, view in zip(entry.parts, to_ours(entry.layout, f[name], shape)):
+                    target = out["blocks"][part][layer] if entry.per_layer else out[part]
+                    _copy_into(target, view)
     # hand each leaf to JAX and free its host copy before the next one; waiting for the
     # (asynchronous) transfer keeps at most one leaf in flight
     params = {k: _to_device(out.pop(k)) for k in list(out) if k != "blocks"}
@@ -183,9 +197,14 @@ def load_hf_gemma(path: str | os.PathLike, dtype: str | None = None) -> tuple[Pa
 def _copy_into(dst: np.ndarray, src: np.ndarray, block: int = 64) -> None:
     """dst[...] = src, casting (float32 -> bfloat16 rounds to nearest even, as torch does).
 
-    A transposed view is copied in strips along dst's last axis, which are runs of whole
-    rows of the stored tensor: measured 2-4x faster than one strided copy for float32.
+    Equal dtypes are copied as unsigned integers of their width (a plain bit copy; for
+    bfloat16 1.5x faster than through ml_dtypes). A transposed view is copied in strips
+    along dst's last axis, which are runs of whole rows of the stored tensor: measured
+    2-4x faster than one strided copy for float32.
     """
+    if dst.dtype == src.dtype:
+        bits = np.dtype(f"u{dst.dtype.itemsize}")
+        dst, src = dst.view(bits), src.view(bits)
     if src.flags.c_contiguous:
         np.copyto(dst, src, casting="unsafe")
         return
@@ -200,17 +219,32 @@ def _to_device(x: np.ndarray) -> jax.Array:
     return jax.device_put(x).block_until_ready()
 
 
-def save_hf_gemma(params: Params, cfg: ModelConfig, path: str | os.PathLike) -> None:
+# -- writing a folder ------------------------------------------------------------------------
+
+
+def save_hf(params: Params, cfg: ModelConfig, path: str | os.PathLike) -> None:
     """Write `params` as a HuggingFace folder (`config.json` + `model.safetensors`) that
-    `transformers` (GemmaForCausalLM / Gemma2ForCausalLM / Gemma3ForCausalLM) and
-    `load_hf_gemma` read. Holds one HF-layout copy of the weights while writing."""
+    `transformers` (`AutoModelForCausalLM.from_pretrained`) and `load_hf` read.
+
+    The family follows from `cfg` (`hf_config.family_of_config`); a ValueError names
+    what of `cfg` it cannot express, before anything is written. Holds one HF-layout
+    copy of the weights while writing.
+    """
     check_params(params, cfg)
-    config = hf_gemma_config_dict(cfg)
+    family = family_of_config(cfg)
+    config = family.config_dict(cfg)
     host = jax.tree_util.tree_map(np.asarray, params)
+    names = hf_names(
+        family.tensors(cfg),
+        cfg.n_layers,
+        body=family.body_prefixes[0],
+        layer=family.layer,
+        head=family.head_names[0],
+    )
     tensors = {}
-    for name, (entry, layer) in hf_names(cfg, "model.", "").items():
-        w = host["blocks"][entry.ours][layer] if entry.per_layer else host[entry.ours]
-        tensors[name] = to_hf(entry.layout, w)
+    for name, (entry, layer) in names.items():
+        parts = [host["blocks"][p][layer] if entry.per_layer else host[p] for p in entry.parts]
+        tensors[name] = to_hf(entry.layout, parts)
     folder = os.fspath(path)
     os.makedirs(folder, exist_ok=True)
     save_safetensors(os.path.join(folder, "model.safetensors"), tensors, {"format": "pt"})

@@ -1,151 +1,165 @@
-"""Where each HuggingFace Gemma tensor goes in mechjax params, and how it is laid out.
+"""How a HuggingFace tensor maps onto mechjax params: the `HFTensor` record and the layouts.
 
-HF `nn.Linear` stores `[out, in]`; ours are `x @ W` (see `mechjax.model.params`):
+Each family module (`hf_gemma`, `hf_gpt2`, `hf_gpt_neox`, `hf_llama`) lists its tensors as
+`HFTensor`s; this module converts one tensor between HF's layout and ours, and spells out
+the full names of a checkpoint's tensors. Ours are `x @ W` (see `mechjax.model.params`);
+HF's `nn.Linear` stores `[out, in]`, GPT-2's `Conv1D` stores `[in, out]`, and some
+families fuse the query, key and value projections into one tensor.
 
-| HF (under `model.layers.{i}.`)     | mechjax (`blocks`, stacked on `layer`)               |
-|------------------------------------|------------------------------------------------------|
-| self_attn.q_proj [head*d_head, d_model] | W_Q [head, d_model, d_head]                     |
-| self_attn.k_proj / v_proj          | W_K / W_V [kv_head, d_model, d_head]                 |
-| self_attn.o_proj [d_model, head*d_head] | W_O [head, d_head, d_model]                     |
-| self_attn.q_norm / k_norm          | q_norm_w / k_norm_w [d_head]            (Gemma 3)    |
-| input_layernorm                    | ln1_w                                                |
-| post_attention_layernorm           | ln1_post_w (Gemma 2/3); ln2_w, the pre-MLP norm (Gemma 1) |
-| pre_feedforward_layernorm          | ln2_w                                   (Gemma 2/3)  |
-| post_feedforward_layernorm         | ln2_post_w                              (Gemma 2/3)  |
-| mlp.gate_proj / up_proj / down_proj | W_gate (activated) / W_in (linear) / W_out, transposed |
+Layouts (HF -> ours, one layer; `n` heads, `e` = d_head, `d` = d_model):
 
-plus `model.embed_tokens` -> W_E, `model.norm` -> ln_final_w and, for untied embeddings,
-`lm_head` [vocab, d_model] -> W_U [d_model, vocab]. Gemma's RMSNorm multiplies by
-`1 + w` and checkpoints store `w`; mechjax keeps `w` with `norm_weight_offset=1`.
+| layout          | HF                         | ours                                    |
+|-----------------|----------------------------|-----------------------------------------|
+| copy            | any                        | the same shape (or reshaped to ours)    |
+| transpose       | `[out, in]`                | `[in, out]`                             |
+| heads_in        | `[n*e, d]`                 | `[n, d, e]`          (q/k/v_proj)       |
+| heads_out       | `[d, n*e]`                 | `[n, e, d]`          (o_proj, dense)    |
+| heads_rows      | `[n*e, d]`                 | `[n, e, d]`          (GPT-2 c_proj)     |
+| heads_bias      | `[n*e]`                    | `[n, e]`                                |
+| conv1d_qkv      | `[d, 3*n*e]`: q, k, v      | W_Q, W_K, W_V `[n, d, e]` (GPT-2 c_attn)|
+| qkv_bias        | `[3*n*e]`: q, k, v         | b_Q, b_K, b_V `[n, e]`                  |
+| neox_qkv        | `[n*3*e, d]`: per head q, k, v | W_Q, W_K, W_V `[n, d, e]` (query_key_value) |
+| neox_qkv_bias   | `[n*3*e]`: per head q, k, v | b_Q, b_K, b_V `[n, e]`                  |
 
-`gemma_tensors(cfg)` lists the entries of this table that a config has, `hf_names(cfg,
-body, head)` spells out every full HF tensor name, and `to_ours` / `to_hf` / `hf_shape`
-convert one tensor between the two layouts.
+A fused tensor has several of ours (`HFTensor.ours` is then a tuple), all of one shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
-from ..model.config import ModelConfig
+# layout -> how many of our tensors one HF tensor holds (1 unless listed)
+FUSED = {"conv1d_qkv": 3, "qkv_bias": 3, "neox_qkv": 3, "neox_qkv_bias": 3}
+LAYOUTS = ("copy", "transpose", "heads_in", "heads_out", "heads_rows", "heads_bias", *FUSED)
 
 
 @dataclasses.dataclass(frozen=True)
 class HFTensor:
-    """One HF tensor: its name under the text model's prefix, our name and how to convert.
+    """One HF tensor: its name under the text model's prefix, our name(s), its layout.
 
-    layouts (HF -> ours, per layer):
-      copy        same shape
-      transpose   [out, in] -> [in, out]
-      heads_in    [n*d_head, d_model] -> [n, d_model, d_head]     (q/k/v_proj)
-      heads_out   [d_model, head*d_head] -> [head, d_head, d_model] (o_proj)
-      heads_bias  [n*d_head] -> [n, d_head]
+    hf: the name under the body prefix; per-layer tensors get the family's layer prefix
+        ("layers.{i}.", GPT-2's "h.{i}.") in front. For the untied unembedding
+        (`lm_head`) it is the name the family writes; the folder's own spelling is
+        looked up when loading.
+    ours: our parameter name, or a tuple of names for a fused tensor (`FUSED`).
     """
 
-    hf: str  # "layers.{i}." is prepended for per-layer tensors
-    ours: str
+    hf: str
+    ours: str | tuple[str, ...]
     layout: str = "copy"
     per_layer: bool = True
-    lm_head: bool = False  # lives outside the text model ("lm_head.weight")
+    lm_head: bool = False  # the untied unembedding, outside the text model
 
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; known: {LAYOUTS}")
+        if len(self.parts) != FUSED.get(self.layout, 1):
+            raise ValueError(f"layout {self.layout!r} needs {FUSED.get(self.layout, 1)} names")
 
-def gemma_tensors(cfg: ModelConfig) -> list[HFTensor]:
-    """The tensors a Gemma checkpoint of this config holds (one entry per kind)."""
-    attn = "self_attn."
-    entries = [
-        HFTensor("embed_tokens.weight", "W_E", per_layer=False),
-        HFTensor("norm.weight", "ln_final_w", per_layer=False),
-        HFTensor(attn + "q_proj.weight", "W_Q", "heads_in"),
-        HFTensor(attn + "k_proj.weight", "W_K", "heads_in"),
-        HFTensor(attn + "v_proj.weight", "W_V", "heads_in"),
-        HFTensor(attn + "o_proj.weight", "W_O", "heads_out"),
-        HFTensor("input_layernorm.weight", "ln1_w"),
-        HFTensor("mlp.gate_proj.weight", "W_gate", "transpose"),
-        HFTensor("mlp.up_proj.weight", "W_in", "transpose"),
-        HFTensor("mlp.down_proj.weight", "W_out", "transpose"),
-    ]
-    if not cfg.tied_embeddings:
-        entries.append(HFTensor("lm_head.weight", "W_U", "transpose", False, lm_head=True))
-    if cfg.use_attn_bias:
-        entries += [
-            HFTensor(attn + "q_proj.bias", "b_Q", "heads_bias"),
-            HFTensor(attn + "k_proj.bias", "b_K", "heads_bias"),
-            HFTensor(attn + "v_proj.bias", "b_V", "heads_bias"),
-            HFTensor(attn + "o_proj.bias", "b_O"),
-        ]
-    if cfg.qk_norm:
-        entries += [
-            HFTensor(attn + "q_norm.weight", "q_norm_w"),
-            HFTensor(attn + "k_norm.weight", "k_norm_w"),
-        ]
-    if cfg.post_attn_norm:  # Gemma 2/3 naming
-        entries += [
-            HFTensor("post_attention_layernorm.weight", "ln1_post_w"),
-            HFTensor("pre_feedforward_layernorm.weight", "ln2_w"),
-        ]
-    else:  # Gemma 1: "post_attention_layernorm" is the norm before the MLP
-        entries.append(HFTensor("post_attention_layernorm.weight", "ln2_w"))
-    if cfg.post_mlp_norm:
-        entries.append(HFTensor("post_feedforward_layernorm.weight", "ln2_post_w"))
-    return entries
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Our names this tensor fills (one, or q, k, v of a fused tensor)."""
+        return self.ours if isinstance(self.ours, tuple) else (self.ours,)
 
 
 def hf_shape(layout: str, ours: tuple[int, ...]) -> tuple[int, ...]:
-    """The HF shape of a tensor whose shape in our layout (one layer) is `ours`."""
+    """The HF shape of a tensor whose parts each have shape `ours` (one layer)."""
     if layout == "transpose":
         return ours[::-1]
     if layout == "heads_in":  # ours [n, d_model, d_head]
         return (ours[0] * ours[2], ours[1])
     if layout == "heads_out":  # ours [head, d_head, d_model]
         return (ours[2], ours[0] * ours[1])
+    if layout == "heads_rows":  # ours [head, d_head, d_model]
+        return (ours[0] * ours[1], ours[2])
     if layout == "heads_bias":
         return (ours[0] * ours[1],)
+    if layout == "conv1d_qkv":  # ours [n, d_model, d_head] each
+        return (ours[1], 3 * ours[0] * ours[2])
+    if layout == "neox_qkv":
+        return (3 * ours[0] * ours[2], ours[1])
+    if layout in ("qkv_bias", "neox_qkv_bias"):  # ours [n, d_head] each
+        return (3 * ours[0] * ours[1],)
     return ours
 
 
-def to_ours(layout: str, x: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
-    """A view (no copy) of HF tensor `x` in our layout `ours`."""
+def to_ours(layout: str, x: np.ndarray, ours: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """Views (no copy) of HF tensor `x` in our layout: one per part, each of shape `ours`."""
     if layout == "transpose":
-        return x.T
+        return (x.T,)
     if layout == "heads_in":
         n, d_model, d_head = ours
-        return x.reshape(n, d_head, d_model).transpose(0, 2, 1)
+        return (x.reshape(n, d_head, d_model).transpose(0, 2, 1),)
     if layout == "heads_out":
         n, d_head, d_model = ours
-        return x.reshape(d_model, n, d_head).transpose(1, 2, 0)
-    return x.reshape(ours)
+        return (x.reshape(d_model, n, d_head).transpose(1, 2, 0),)
+    if layout == "conv1d_qkv":  # columns: [q | k | v], each [head, d_head]
+        n, d_model, d_head = ours
+        y = x.reshape(d_model, 3, n, d_head)
+        return tuple(y[:, j].transpose(1, 0, 2) for j in range(3))
+    if layout == "qkv_bias":
+        y = x.reshape(3, *ours)
+        return tuple(y[j] for j in range(3))
+    if layout == "neox_qkv":  # rows: per head, [q, k, v] each d_head
+        n, d_model, d_head = ours
+        y = x.reshape(n, 3, d_head, d_model)
+        return tuple(y[:, j].transpose(0, 2, 1) for j in range(3))
+    if layout == "neox_qkv_bias":
+        y = x.reshape(ours[0], 3, ours[1])
+        return tuple(y[:, j] for j in range(3))
+    return (x.reshape(ours),)  # copy, heads_rows, heads_bias
 
 
-def to_hf(layout: str, w: np.ndarray) -> np.ndarray:
-    """Our tensor `w` (one layer) in the HF layout; the inverse of `to_ours`."""
+def to_hf(layout: str, parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Our tensor(s) `parts` (one layer) in the HF layout; the inverse of `to_ours`."""
+    if layout == "conv1d_qkv":
+        stacked = np.stack([w.transpose(1, 0, 2) for w in parts], axis=1)  # [d, 3, n, e]
+        return stacked.reshape(stacked.shape[0], -1)
+    if layout == "qkv_bias":
+        return np.stack(parts).reshape(-1)
+    if layout == "neox_qkv":
+        stacked = np.stack([w.transpose(0, 2, 1) for w in parts], axis=1)  # [n, 3, e, d]
+        return stacked.reshape(-1, stacked.shape[-1])
+    if layout == "neox_qkv_bias":
+        return np.stack(parts, axis=1).reshape(-1)
+    (w,) = parts
     if layout == "transpose":
         return w.T
     if layout == "heads_in":
         return w.transpose(0, 2, 1).reshape(-1, w.shape[1])
     if layout == "heads_out":
         return w.transpose(2, 0, 1).reshape(w.shape[2], -1)
-    if layout == "heads_bias":
-        return w.reshape(-1)
+    if layout in ("heads_rows", "heads_bias"):
+        return w.reshape(-1, *w.shape[2:])
     return w
 
 
-def hf_names(cfg: ModelConfig, body: str, head: str) -> dict[str, tuple[HFTensor, int | None]]:
-    """Full HF tensor name -> (entry, layer index or None). `body` prefixes the text
-    model's tensors ("model." in a Gemma 1/2/3 text checkpoint), `head` the `lm_head`."""
+def hf_names(
+    entries: Sequence[HFTensor], n_layers: int, *, body: str, layer: str, head: str | None = None
+) -> dict[str, tuple[HFTensor, int | None]]:
+    """Full HF tensor name -> (entry, layer index or None).
+
+    body: the prefix of the text model's tensors ("model.", "transformer.", ...); layer:
+    the per-layer prefix with `{i}` for the index ("layers.{i}."); head: the full name of
+    the untied unembedding in this folder (None: the entry's own name).
+    """
     names = {}
-    for entry in gemma_tensors(cfg):
+    for entry in entries:
         if entry.lm_head:
-            names[head + entry.hf] = (entry, None)
+            names[head or entry.hf] = (entry, None)
         elif not entry.per_layer:
             names[body + entry.hf] = (entry, None)
         else:
-            for i in range(cfg.n_layers):
-                names[f"{body}layers.{i}.{entry.hf}"] = (entry, i)
+            for i in range(n_layers):
+                names[body + layer.format(i=i) + entry.hf] = (entry, i)
     return names
 
 
 def our_shape(shapes: dict, entry: HFTensor) -> tuple[int, ...]:
-    """One layer's shape of `entry` in `mechjax.model.params.param_shapes(cfg)` (`shapes`)."""
-    return shapes["blocks"][entry.ours][1:] if entry.per_layer else shapes[entry.ours]
+    """One layer's shape of each part of `entry` in `mechjax.model.params.param_shapes(cfg)`
+    (`shapes`)."""
+    name = entry.parts[0]
+    return tuple(shapes["blocks"][name][1:] if entry.per_layer else shapes[name])
