@@ -424,11 +424,13 @@ def run_from(
             [cfg.sliding_window if t == "local" else _NO_WINDOW for t in cfg.resolved_layer_types],
             np.int32,
         )
-        xs = dict(
-            lp=jax.tree_util.tree_map(lambda w: w[first_layer:], params["blocks"]),
-            layer=jnp.arange(first_layer, cfg.n_layers),
-            window=windows[first_layer:],
-        )
+        xs = dict(layer=jnp.arange(first_layer, cfg.n_layers), window=windows[first_layer:])
+        # Scanning over the stacked weights themselves is fastest, but a slice of them
+        # (a run from a later layer, or all but a readout's last block) is a copy of
+        # every layer it keeps: for a 2B model, gigabytes per call. Such runs index one
+        # layer at a time instead.
+        if first_layer == 0 and n_scanned == n_run:
+            xs["lp"] = params["blocks"]
         if cos is not None:
             xs.update(cos=cos[first_layer:], sin=sin[first_layer:])
         if prefix is not None:
@@ -441,8 +443,11 @@ def run_from(
             window, prefix_kv = x["window"], x.get("prefix")
             cos_sin = (x.get("cos"), x.get("sin"))
             layer_cache = None if cache is None else (*x["cache"], cache[2])
+            lp = x.get("lp")
+            if lp is None:
+                lp = jax.tree_util.tree_map(lambda w: w[x["layer"]], params["blocks"])
             return _block(
-                resid, x["lp"], *cos_sin, window, cfg, hooks, queries, prefix_kv, mask, layer_cache
+                resid, lp, *cos_sin, window, cfg, hooks, queries, prefix_kv, mask, layer_cache
             )
 
         def body(resid, x):
