@@ -207,8 +207,13 @@ def answer_states(params, cfg, tokens, batch_size: int = 64, mask=None) -> np.nd
 def lens_accuracy(params, cfg, states, answers) -> np.ndarray:
     """Logit-lens accuracy of each state [layer + 1]: the model's own output head
     (final norm, unembedding, soft-cap) applied to that residual."""
-    logits = output_head(params, cfg, jnp.asarray(states, jnp.dtype(cfg.dtype)))
-    return np.asarray((np.asarray(logits).argmax(-1) == answers[None]).mean(-1))
+    # one state at a time: all of them at once are [layer + 1, n, vocab] logits (5 GiB
+    # for Gemma 2 2B's 256k-token vocabulary)
+    accuracy = []
+    for state in states:
+        logits = output_head(params, cfg, jnp.asarray(state, jnp.dtype(cfg.dtype)))
+        accuracy.append(float((np.asarray(logits.argmax(-1)) == answers).mean()))
+    return np.asarray(accuracy)
 
 
 def variance_explained_by_answer(states, digits) -> np.ndarray:
