@@ -110,7 +110,7 @@ def test_edits_never_land_on_padding():
     np.testing.assert_array_equal(changed, mask & (np.arange(tokens.shape[1]) < 4))
 
 
-@pytest.mark.parametrize("family", ["gpt2", "neox", "gemma2"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_patching_sweep_on_a_padded_batch(family):
     """Per cell, the padded sweep averages each prompt's own sweep at that prompt's
     column (left padding shifts a short prompt's positions right; a patch on its padding
@@ -323,3 +323,19 @@ def test_tracing_and_integrated_gradients_on_padding():
     )
     np.testing.assert_allclose(padded.hidden[:, shift:], alone.hidden, atol=2e-5)
     np.testing.assert_allclose(padded.clean_prob, alone.clean_prob, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "neox", "llama"])
+def test_the_model_analysis_runs_on_every_family(family):
+    """`mechjax analyze`'s analyses (detectors, eigenvalue copying, circuits, positional
+    scores) on each family's mechanisms: parallel blocks, partial rotary, SwiGLU, GQA."""
+    from mechjax.activations.model_analysis import analyze_model
+
+    params, cfg = _model(family)
+    result = analyze_model(params, cfg, batch=2)
+    for name in ("induction", "previous_token", "ov_eigen_copying", "qk_eigen_copying"):
+        scores = np.asarray(result.scores[name])
+        assert scores.shape == (cfg.n_layers, cfg.n_heads) and np.isfinite(scores).all(), name
+    assert np.isfinite(np.asarray(result.pattern)).all()
+    if result.positional is not None:
+        assert np.isfinite(np.asarray(result.positional)).all()

@@ -23,6 +23,7 @@ from .attention import attention_mask, attention_scores, causal_attention, softm
 from .checks import check_config, check_mask, check_tokens
 from .config import ModelConfig
 from .edits import Edit, check_edits
+from .hooks import BEFORE_QUERIES, SiteHooks
 from .padding import token_positions
 from .params import Params, check_params
 from .sites import SITES, resolve_capture
@@ -30,53 +31,6 @@ from .stream import Stream
 from .unembed import final_norm, final_norm_scale, unembed
 
 _NO_WINDOW = np.iinfo(np.int32).max
-
-
-class _SiteHooks:
-    """Applies the edits aimed at each site and records the sites being captured.
-
-    valid / query_valid: `[batch, pos]` bools, False at padding, for the positions the
-    sites hold (query_valid for the sites computed at the query rows only, when a run
-    computes fewer of them): an edit never changes a padding position."""
-
-    def __init__(
-        self,
-        capture: tuple[str, ...],
-        edits: tuple[Edit, ...],
-        layer_index=None,
-        valid=None,
-        query_valid=None,
-    ):
-        self.capture = capture
-        self.edits = edits
-        self.layer_index = layer_index
-        self.valid = valid
-        self.query_valid = valid if query_valid is None else query_valid
-        self.captured: dict[str, jax.Array] = {}
-
-    def wants(self, name: str) -> bool:
-        return name in self.capture or any(e.site == name for e in self.edits)
-
-    def __call__(self, name: str, value: jax.Array) -> jax.Array:
-        for edit in self.edits:
-            if edit.site == name:
-                edited = edit.apply(value, self.layer_index)
-                value = edited if self.valid is None else self._keep_padding(name, value, edited)
-        if name in self.capture:
-            self.captured[name] = value
-        return value
-
-    def _keep_padding(self, name: str, before: jax.Array, after: jax.Array) -> jax.Array:
-        axes = SITES[name][1]
-        valid = self.valid if name in _BEFORE_QUERIES else self.query_valid
-        axis = next(i for i, a in enumerate(axes) if a in ("pos", "query_pos"))
-        shape = [1] * before.ndim
-        shape[0], shape[axis] = valid.shape
-        return jnp.where(valid.reshape(shape), after, before)
-
-    def record(self, name: str, value: jax.Array) -> None:
-        if name in self.capture:
-            self.captured[name] = value
 
 
 def _rope_rows(table, rows):
@@ -93,7 +47,7 @@ def _attention(
     window,
     cfg: ModelConfig,
     norm,
-    site: _SiteHooks,
+    site: SiteHooks,
     queries=None,
     prefix=None,
     key_valid=None,
@@ -198,7 +152,7 @@ def _attention(
     return site("attn_out", attn_out)
 
 
-def _mlp(h, lp, cfg: ModelConfig, norm, site: _SiteHooks):
+def _mlp(h, lp, cfg: ModelConfig, norm, site: SiteHooks):
     """One MLP sub-block. h [batch, pos, d_model] (already normed)."""
     pre = jnp.einsum("bpd,dm->bpm", h, lp["W_in"])
     if cfg.use_mlp_bias:
@@ -233,7 +187,7 @@ def _block(
     sin,
     window,
     cfg: ModelConfig,
-    site: _SiteHooks,
+    site: SiteHooks,
     queries=None,
     prefix=None,
     key_valid=None,
@@ -299,7 +253,7 @@ def run(
     if cache is not None:
         embed_edits = tuple(_shifted(e, cache[2]) for e in embed_edits)
     valid = None if mask is None else _columns(jnp.asarray(mask, bool), cache, P)
-    top = _SiteHooks(capture, embed_edits, valid=valid)
+    top = SiteHooks(capture, embed_edits, valid=valid)
     embed = jnp.take(params["W_E"], tokens, axis=0) * jnp.asarray(cfg.embed_scale, dtype)
     resid = top("embed", embed)
     if cfg.positional == "learned":
@@ -321,10 +275,6 @@ def run(
         cache=cache,
     )
     return logits, {**top.captured, **captured}
-
-
-# sites of a block computed before its queries, at every position even in a readout run
-_BEFORE_QUERIES = ("resid_pre", "ln1_scale", "k", "v")
 
 
 def _columns(x, cache, n: int):
@@ -412,7 +362,7 @@ def run_from(
     mask = None if mask is None else jnp.asarray(mask, bool)
     held_valid = None if mask is None else _columns(mask[:, start:], cache, resid.shape[1])
     readout_valid = None if mask is None or readout is None else mask[:, np.asarray(readout)]
-    top = _SiteHooks(capture, final_edits, valid=held_valid if whole_last_block else readout_valid)
+    top = SiteHooks(capture, final_edits, valid=held_valid if whole_last_block else readout_valid)
     layer_edits = tuple(e for e in edits if SITES[e.site][0])
     stacked: dict[str, jax.Array] = {}
     if n_run:
@@ -451,7 +401,7 @@ def run_from(
             )
 
         def body(resid, x):
-            hooks = _SiteHooks(capture, block_edits, x["layer"], held_valid)
+            hooks = SiteHooks(capture, block_edits, x["layer"], held_valid)
             return run_block(resid, x, hooks), hooks.captured
 
         if n_scanned:
@@ -461,10 +411,10 @@ def run_from(
             resid, stacked = jax.lax.scan(body, resid, scanned, unroll=unroll)
         if n_scanned < n_run:  # the last block, at the readout positions only
             x = jax.tree_util.tree_map(lambda a: a[-1], xs)
-            hooks = _SiteHooks(
+            hooks = SiteHooks(
                 (),
                 tuple(
-                    narrowed(e, held if e.site in _BEFORE_QUERIES else readout) for e in layer_edits
+                    narrowed(e, held if e.site in BEFORE_QUERIES else readout) for e in layer_edits
                 ),
                 x["layer"],
                 held_valid,
