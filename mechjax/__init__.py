@@ -15,6 +15,10 @@ The names users call most are attributes here: `mj.forward`, `mj.run_with_stream
 `mj.attribution`, `mj.circuits`, `mj.circuit_eigen`, `mj.factored`, `mj.patching` (the
 `causal` package), `mj.ablation`, `mj.tracing`, `mj.checkpoints` (the `io` package).
 Training, dynamics, data and views are imported explicitly (`mechjax.train`, ...).
+
+`mj.enable_compilation_cache()` keeps compiled programs on disk, so the next process
+skips XLA compilation (`compilation_cache`; `MECHJAX_COMPILATION_CACHE=1` does it at
+import; the `mechjax` command does it by default).
 """
 
 from . import activations, causal, circuits, io, model
@@ -22,6 +26,7 @@ from .activations import attribution, heads, lens
 from .causal import ablation, tracing
 from .circuits import eigen as circuit_eigen
 from .circuits import factored
+from .compilation_cache import enable_compilation_cache, enable_from_env
 from .model import (
     Edit,
     ModelConfig,
@@ -49,6 +54,13 @@ from .version import __version__ as __version__
 patching = causal  # the name users know for activation / path / attribution patching
 checkpoints = io  # the name users know for loading and saving models
 
+try:  # MECHJAX_COMPILATION_CACHE: on-disk cache of compiled programs (compilation_cache)
+    enable_from_env()
+except ValueError as _err:  # a bad folder must not break the import
+    import warnings
+
+    warnings.warn(f"compilation cache not enabled: {_err}", stacklevel=2)
+
 
 __all__ = [
     "Edit",
@@ -66,6 +78,7 @@ __all__ = [
     "config",
     "count_params",
     "edits",
+    "enable_compilation_cache",
     "factored",
     "forward",
     "heads",

@@ -7,6 +7,10 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+# the suite runs without the on-disk compilation cache (the `mechjax` command turns it on
+# by default): nothing is written under the user's home, and tests of the cache set
+# their own folder
+os.environ["MECHJAX_COMPILATION_CACHE"] = "0"
 
 import jax
 import numpy as np

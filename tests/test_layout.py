@@ -15,9 +15,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# the flow, first to last: `version` is a leaf every package may read
+# the flow, first to last: `version` and `compilation_cache` are leaves every package may read
 FLOW = (
     "version",
+    "compilation_cache",
     "model",
     "io",
     "data",

@@ -20,6 +20,7 @@ from mechjax.causal import (
     compare_with_exact,
     logit_diff,
     path_patching,
+    sweep,
 )
 
 ATTN2 = SMALL_CONFIGS["attn2_ln_bias"]
@@ -88,7 +89,10 @@ def test_patching_all_positions_of_the_residual_reproduces_the_source_run(mode):
         ("gqa3", "k", ("head", "layer"), "denoise"),
     ],
 )
-def test_sweep_equals_single_edits_run_one_by_one(name, site, over, mode):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_sweep_equals_single_edits_run_one_by_one(name, site, over, mode, grouped, monkeypatch):
+    if grouped:  # as if the sweep were big: every start group and residual shift it can use
+        monkeypatch.setattr(sweep, "ASSUMED_FLOP_PER_S", 1.0)
     cfg = GQA3 if name == "gqa3" else SMALL_CONFIGS[name]
     params = random_model(cfg)
     clean, corrupted = _pair(cfg, n_pos=6)
@@ -112,22 +116,90 @@ def test_sweep_equals_single_edits_run_one_by_one(name, site, over, mode):
     np.testing.assert_allclose(result.normalized, expected_norm, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "name, site, over, metric, padding",
+    [
+        ("attn2_ln_bias", "resid_pre", ("layer", "pos"), None, None),  # last token
+        ("gemma2_gqa", "resid_pre", ("layer", "pos"), logit_diff(3, 5, pos=2), None),
+        ("gqa3", "z", ("layer", "head"), None, "right"),  # each prompt's own last token
+        ("mlp_gelu", "mlp_out", ("pos",), logit_diff(3, 5, pos=-2), "left"),
+    ],
+)
+def test_bucketed_sweep_equals_the_unpadded_one(name, site, over, metric, padding):
+    cfg = GQA3 if name == "gqa3" else SMALL_CONFIGS[name]
+    params = random_model(cfg)
+    clean, corrupted = _pair(cfg, n_pos=7)  # padded up to 16 columns (n_ctx)
+    mask = None
+    if padding:  # a ragged batch: the second prompt is 5 tokens long
+        mask = np.ones(clean.shape, bool)
+        mask[1, slice(0, 2) if padding == "left" else slice(5, 7)] = False
+    answers = None if metric is not None else ANSWERS
+    kwargs = dict(metric=metric, answers=answers, mask=mask)
+    plain = activation_patching(params, cfg, clean, corrupted, site, over, bucket=False, **kwargs)
+    bucketed = activation_patching(params, cfg, clean, corrupted, site, over, **kwargs)
+    assert bucketed.raw.shape == plain.raw.shape
+    np.testing.assert_allclose(bucketed.raw, plain.raw, rtol=1e-5, atol=2e-5)
+    assert bucketed.clean_metric == pytest.approx(plain.clean_metric, abs=2e-5)
+    assert bucketed.corrupted_metric == pytest.approx(plain.corrupted_metric, abs=2e-5)
+    assert np.ptp(np.asarray(plain.raw)) > 0.01
+
+
+def test_a_new_length_inside_the_bucket_reuses_the_compiled_sweep():
+    compiled = []  # names of the programs XLA compiles (JAX's public monitoring events)
+
+    def listen(event, duration, **info):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(info.get("fun_name", ""))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        params = random_model(ATTN2)
+        for n_pos in (6, 9, 16):  # all pad up to the bucket 16
+            clean, corrupted = _pair(ATTN2, batch=3, n_pos=n_pos)  # a batch no other test uses
+            compiled.clear()
+            result = activation_patching(params, ATTN2, clean, corrupted, "resid_pre",
+                                         ("layer", "pos"), answers=(1, 2))  # fmt: skip
+            assert compiled.count("jit(_sweep)") == (n_pos == 6), n_pos  # compiled once
+            assert result.raw.shape == (ATTN2.n_layers, n_pos)
+        # a plain callable metric reads the logits' columns itself: no padding for it
+        clean, corrupted = _pair(ATTN2, batch=3, n_pos=7)
+        compiled.clear()
+        activation_patching(params, ATTN2, clean, corrupted, "resid_pre", ("layer", "pos"),
+                            metric=lambda logits: logits[:, -1, 1].mean())  # fmt: skip
+        assert compiled.count("jit(_sweep)") == 1
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
 def test_which_sweeps_run_as_residual_shifts():
     """The cases above that should take the shortcut do; the others must not."""
     from mechjax.causal.activation_patching import shifts_residual
 
-    assert shifts_residual("head_out", ("head", "layer"), ATTN2)
-    assert shifts_residual("attn_out", ("layer", "pos"), SMALL_CONFIGS["attn1_nonorm"])
-    assert shifts_residual("z", ("layer", "head"), GQA3)
-    assert not shifts_residual("z", ("head",), ATTN2)  # every layer at once
-    assert not shifts_residual("z", ("layer", "head"), MLP2)  # the MLP reads the change
-    assert not shifts_residual("z", ("layer",), SMALL_CONFIGS["gemma2_gqa"])  # post-norm
-    assert not shifts_residual("q", ("layer",), ATTN2)
+    def shifts(site, over, cfg, budget=sweep.MAX_GROUPS):
+        return shifts_residual(site, over, cfg, budget)
+
+    assert shifts("head_out", ("head", "layer"), ATTN2)
+    assert shifts("attn_out", ("layer", "pos"), SMALL_CONFIGS["attn1_nonorm"])
+    assert shifts("z", ("layer", "head"), GQA3)
+    assert not shifts("z", ("layer", "head"), GQA3, budget=2)  # one group per layer needed
+    assert not shifts("z", ("head",), ATTN2)  # every layer at once
+    assert not shifts("z", ("layer", "head"), MLP2)  # the MLP reads the change
+    assert not shifts("z", ("layer",), SMALL_CONFIGS["gemma2_gqa"])  # post-norm
+    assert not shifts("q", ("layer",), ATTN2)
+
+
+def test_group_budget_gives_small_sweeps_one_program_and_big_ones_many():
+    gpt2 = mj.presets.gpt2()
+    assert sweep.group_budget(ATTN2, 2 * 5, (2, 5), logits=False) == 1
+    toy = mj.presets.attn_only(2, d_model=64, n_heads=8, d_vocab=258, n_ctx=64)
+    assert sweep.group_budget(toy, 2 * 48, (8, 48), logits=False) == 1  # ~0.1 s of work
+    assert sweep.group_budget(gpt2, 12 * 64, (8, 64), logits=False) == sweep.MAX_GROUPS
+    # the estimate: GPT-2 small's forward is ~2 x 85M multiply-adds per token
+    flop = sweep.forward_flop_per_token(gpt2, 1, logits=False)
+    assert flop == pytest.approx(2 * 12 * (4 * 768**2 + 2 * 768 * 3072), rel=1e-3)
 
 
 def test_start_groups_split_layers_and_positions():
-    from mechjax.causal import sweep
-
     cells = sweep.grid((2, 8), ("layer", "pos"))
     order, groups = sweep.start_groups(cells, "resid_pre", ATTN2, last_start=5)
     # positions start at 0, 2, 4 and 5 (6 is capped at the first position read, 5)
@@ -142,9 +214,10 @@ def test_start_groups_split_layers_and_positions():
     assert sweep.start_groups(embed_cells, "embed", ATTN2, last_start=7)[1] == ((0, 0, 8),)
 
 
-def test_deep_sweep_with_grouped_start_layers_equals_single_edits():
+def test_deep_sweep_with_grouped_start_layers_equals_single_edits(monkeypatch):
     # 10 layers > MAX_LAYER_GROUPS: cells start at shared group starts, in ("pos", "layer")
     # order, so the regrouping and its inverse permutation are both exercised
+    monkeypatch.setattr(sweep, "ASSUMED_FLOP_PER_S", 1.0)  # as if it were a big sweep
     cfg = MLP2.replace(n_layers=10)
     params = random_model(cfg)
     clean, corrupted = _pair(cfg, n_pos=3)

@@ -63,17 +63,17 @@ def cell_patch(site: str, source: jax.Array, cell: dict) -> Edit:
     )
 
 
-def shifts_residual(site: str, over, cfg: ModelConfig) -> bool:
+def shifts_residual(site: str, over, cfg: ModelConfig, max_groups: int) -> bool:
     """Whether each cell of this sweep is a shift of the residual stream after its block
     (see the module docstring): per-layer cells of `z` / `head_out` / `attn_out` in
     attention-only blocks without a post-attention norm, and one start layer per group
-    (`sweep.start_groups` keeps every layer apart up to `MAX_LAYER_GROUPS`)."""
+    (`sweep.start_groups` keeps every layer apart when `max_groups` allows it)."""
     return (
         site in ("z", "head_out", "attn_out")
         and "layer" in over
         and cfg.attn_only
         and not cfg.post_attn_norm
-        and cfg.n_layers <= sweep.MAX_LAYER_GROUPS
+        and cfg.n_layers <= min(sweep.MAX_LAYER_GROUPS, max_groups)
     )
 
 
@@ -182,6 +182,7 @@ def activation_patching(
     mode: str = "denoise",
     chunk_size: int | str | None = "auto",
     mask=None,
+    bucket: bool = True,
 ) -> sweep.PatchingResult:
     """Patch `site` at every cell of the grid `over` and measure `metric`.
 
@@ -200,6 +201,11 @@ def activation_patching(
     mask: `[batch, pos]` bool, False at padding, shared by both runs
         (`mechjax.model.padding`): prompts of different lengths in one batch. A patch
         never lands on padding, and the default metric reads each prompt's last token.
+    bucket: pad the prompts (with a mask) up to a bucket length (16, 24, 32, 48, 64,
+        96, ...; `sweep.pad_to_bucket`), so a sweep on a new length inside the bucket
+        reuses the compiled program. Results are those of the unpadded prompts (to
+        float rounding). Only with the metrics of `metrics` (or `answers`); a plain
+        callable metric sees the logits as given.
 
     Returns a `PatchingResult` with `raw` and `normalized` arrays of shape [len(axis)
     for axis in over].
@@ -208,14 +214,19 @@ def activation_patching(
     mask = check_mask(mask, clean)
     sweep.check_site(site, cfg)
     denoise = sweep.check_mode(mode)
-    chunk_size = sweep.check_chunk_size(chunk_size, clean.shape[0] * clean.shape[1])
     over, sizes = sweep.check_over(site, over, cfg, clean.shape[1])
     metric = metrics.resolve_metric(metric, answers, cfg, clean.shape, mask)
-    cells = sweep.grid(sizes, over)
-    positions, read_metric = metrics.readout(metric, clean.shape[1])
-    shift = shifts_residual(site, over, cfg)
+    padded = sweep.pad_to_bucket(cfg, (clean, corrupted), mask, metric, bucket)
+    (clean, corrupted), mask = padded.tokens, padded.mask
+    chunk_size = sweep.check_chunk_size(chunk_size, clean.shape[0] * clean.shape[1])
+    _, padded_sizes = sweep.check_over(site, over, cfg, clean.shape[1])
+    cells = sweep.grid(padded_sizes, over)
+    positions, read_metric = metrics.readout(padded.metric, clean.shape[1])
+    n_cells = len(next(iter(cells.values())))
+    budget = sweep.group_budget(cfg, n_cells, clean.shape, logits=positions is None)
+    shift = shifts_residual(site, over, cfg, budget)
     last_start = None if positions is None or shift else min(positions)
-    order, groups = sweep.start_groups(cells, site, cfg, last_start)
+    order, groups = sweep.start_groups(cells, site, cfg, last_start, budget)
     raw, clean_metric, corrupted_metric = _sweep(
         params,
         clean,
@@ -232,4 +243,6 @@ def activation_patching(
         readout=positions,
         shift=shift,
     )
+    real = tuple(padded.columns if axis == "pos" else slice(None) for axis in over)
+    raw = np.asarray(raw).reshape(padded_sizes)[real]
     return sweep.make_result(raw, clean_metric, corrupted_metric, site, over, sizes, mode, cfg)

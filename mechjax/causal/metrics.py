@@ -114,6 +114,22 @@ def readout(metric: Metric, n_pos: int) -> tuple[tuple[int] | None, Metric]:
     return (int(pos) % n_pos,), Partial(metric.func, *bound, 0)
 
 
+def after_padding(metric: Metric, n_pos: int, n_new: int, padding_side: str) -> Metric | None:
+    """The same metric on inputs with `n_new` padding columns added on `padding_side`
+    (`model.padding.pad_columns`): it reads the same tokens, now in other columns. None
+    for a metric this module cannot see into (a plain callable)."""
+    if not (isinstance(metric, Partial) and metric.func in _READS_ONE_POSITION):
+        return None
+    *bound, pos = metric.args
+    if padding_side == "right":  # columns keep their index; count from the real end
+        pos = pos % n_pos if isinstance(pos, int) else jnp.asarray(pos) % n_pos
+    elif isinstance(pos, int):  # left: columns move right; the last stays the last
+        pos = pos + n_new if pos >= 0 else pos
+    else:
+        pos = jnp.asarray(pos) % n_pos + n_new
+    return Partial(metric.func, *bound, pos)
+
+
 def _check_ids(ids, name: str, cfg, batch: int) -> None:
     values = np.asarray(ids)
     if not np.issubdtype(values.dtype, np.integer):

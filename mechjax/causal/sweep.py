@@ -22,9 +22,11 @@ import numpy as np
 
 from ..model.checks import check_config, check_tokens
 from ..model.config import ModelConfig
+from ..model.padding import bucket_length, pad_columns
 from ..model.params import check_params
 from ..model.sites import SITES, available_sites, is_per_layer
 from ..model.transformer import run
+from . import metrics
 
 AXES = ("layer", "pos", "head")
 _POS_NAMES = ("pos", "query_pos")
@@ -55,7 +57,7 @@ class PatchingResult:
     mode: str
 
 
-def normalize(raw, clean_metric, corrupted_metric) -> jax.Array:
+def normalize(raw, clean_metric, corrupted_metric) -> np.ndarray:
     """`(raw - corrupted) / (clean - corrupted)`; NaN (with a warning) when they tie."""
     denom = float(clean_metric) - float(corrupted_metric)
     if denom == 0.0:
@@ -64,16 +66,16 @@ def normalize(raw, clean_metric, corrupted_metric) -> jax.Array:
             "undefined (NaN); choose inputs that the metric tells apart",
             stacklevel=3,
         )
-        return jnp.full(jnp.shape(raw), jnp.nan)
-    return (jnp.asarray(raw) - corrupted_metric) / denom
+        return np.full(np.shape(raw), np.nan, np.float32)
+    return ((np.asarray(raw) - corrupted_metric) / denom).astype(np.float32)
 
 
 def make_result(raw, clean_metric, corrupted_metric, site, over, sizes, mode, cfg):
     clean_metric, corrupted_metric = float(clean_metric), float(corrupted_metric)
-    raw = jnp.asarray(raw).reshape(sizes)
+    raw = np.asarray(raw).reshape(sizes)  # on the host: no small programs to compile
     return PatchingResult(
-        raw=raw,
-        normalized=normalize(raw, clean_metric, corrupted_metric),
+        raw=jnp.asarray(raw),
+        normalized=jnp.asarray(normalize(raw, clean_metric, corrupted_metric)),
         axes=tuple(over),
         labels={axis: axis_labels(axis, n, site) for axis, n in zip(over, sizes)},
         clean_metric=clean_metric,
@@ -108,6 +110,48 @@ def check_model_inputs(params, cfg: ModelConfig, *token_arrays) -> tuple[jax.Arr
             "truncate them to a common length"
         )
     return tuple(jnp.asarray(t, jnp.int32) for t in token_arrays)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucketed:
+    """Inputs padded up to a bucket length (`pad_to_bucket`): `tokens` (each
+    `[batch, bucket]`), their `mask`, the `metric` reading the same tokens, and where
+    the real columns are: `columns` = slice(offset, offset + n_pos)."""
+
+    tokens: tuple
+    mask: jax.Array | None
+    metric: metrics.Metric
+    columns: slice
+
+
+def pad_to_bucket(cfg: ModelConfig, token_arrays, mask, metric, bucket: bool) -> Bucketed:
+    """Pad the prompts up to `model.padding.bucket_length` so that a sweep on a new
+    prompt length inside the bucket reuses its compiled program (shapes, and the
+    readout position, are part of a program). Padding goes on the left (the last token
+    stays in the last column, where metrics read), or on the right when `mask` already
+    pads there; the mask keeps it out of every real token's computation, so real
+    columns compute what they would unpadded (to float rounding). Nothing changes when
+    `bucket` is False, the length is a bucket, or the metric is a plain callable (it
+    reads the logits' columns itself). A prompt whose length is a bucket gets a mask
+    of all True, so that it shares its program with shorter prompts."""
+    n_pos = token_arrays[0].shape[1]
+    length = bucket_length(n_pos, cfg.n_ctx)
+    unchanged = Bucketed(tuple(token_arrays), mask, metric, slice(0, n_pos))
+    if not bucket:
+        return unchanged
+    right = mask is not None and not np.asarray(mask)[:, -1].all()
+    side = "right" if right else "left"
+    moved = metrics.after_padding(metric, n_pos, length - n_pos, side)
+    if moved is None:
+        return unchanged
+    padded = [pad_columns(t, mask, length, side) for t in token_arrays]
+    offset = 0 if right else length - n_pos
+    return Bucketed(
+        tuple(jnp.asarray(t, jnp.int32) for t, _ in padded),
+        jnp.asarray(padded[0][1]),
+        moved,
+        slice(offset, offset + n_pos),
+    )
 
 
 def check_site(site: str, cfg: ModelConfig) -> None:
@@ -167,6 +211,30 @@ def grid(sizes: tuple[int, ...], over: tuple[str, ...]) -> dict[str, np.ndarray]
 MAX_LAYER_GROUPS = 8  # each group compiles its own stack of blocks
 MAX_POSITION_GROUPS = 4  # ... and, within a layer group, its own run from a position
 MAX_GROUPS = 12  # fewer position groups for deep models: compile time grows with groups
+# A group saves compute but costs a compilation (0.3-1 s here for small models): only a
+# sweep whose work would take seconds gets more than one. Work is estimated from the
+# forward's FLOPs at a throughput typical of these vmapped runs on a 2-core CPU.
+COMPILE_S_PER_GROUP = 0.5
+ASSUMED_FLOP_PER_S = 50e9
+
+
+def forward_flop_per_token(cfg: ModelConfig, n_pos: int, logits: bool = True) -> float:
+    """Multiply-adds x 2 of one token's forward pass through every block (projections,
+    MLP, and attention over `n_pos / 2` keys on average), plus its unembedding when
+    `logits`. An estimate for budgeting, not a measurement."""
+    d, h, kv, e = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+    attn = d * (h + 2 * kv) * e + h * e * d + 2 * h * e * (n_pos / 2)
+    mlp = 0 if cfg.attn_only else d * cfg.d_mlp * (3 if cfg.gated_mlp else 2)
+    return 2.0 * (cfg.n_layers * (attn + mlp) + (d * cfg.d_vocab if logits else 0))
+
+
+def group_budget(cfg: ModelConfig, n_cells: int, tokens: tuple[int, int], logits: bool) -> int:
+    """How many start groups a sweep of `n_cells` cells on `tokens = (batch, pos)` may
+    compile: one per `COMPILE_S_PER_GROUP` of estimated work, between 1 and `MAX_GROUPS`."""
+    batch, n_pos = tokens
+    work_s = n_cells * batch * n_pos * forward_flop_per_token(cfg, n_pos, logits)
+    work_s /= ASSUMED_FLOP_PER_S
+    return int(np.clip(work_s // COMPILE_S_PER_GROUP, 1, MAX_GROUPS))
 
 
 def _group_starts(index: np.ndarray, n: int, max_groups: int) -> np.ndarray:
@@ -176,16 +244,22 @@ def _group_starts(index: np.ndarray, n: int, max_groups: int) -> np.ndarray:
     return starts[np.searchsorted(starts, index, side="right") - 1]
 
 
-def start_groups(cells: dict[str, np.ndarray], site: str, cfg: ModelConfig, last_start=None):
+def start_groups(
+    cells: dict[str, np.ndarray],
+    site: str,
+    cfg: ModelConfig,
+    last_start=None,
+    max_groups: int = MAX_GROUPS,
+):
     """Group a sweep's cells by where their patched run starts: a block and a position.
 
     A cell patching layer l re-runs blocks l .. n_layers - 1 only; one patching position
     p, when only some positions' logits are read, computes only positions from p on
     (earlier positions' keys and values come from the unpatched run: `model.transformer.run_from`'s
     `prefix`). Start layers are grouped into at most `MAX_LAYER_GROUPS` evenly spaced
-    starts and start positions into at most `MAX_POSITION_GROUPS`, and `MAX_GROUPS` in
+    starts and start positions into at most `MAX_POSITION_GROUPS`, and `max_groups` in
     all (a cell starts at the last group start <= its index), so compile time stays
-    bounded. Cells without a layer (model-wide sites, `layer` not swept) start at block
+    bounded (`group_budget`: small sweeps get one group). Cells without a layer (model-wide sites, `layer` not swept) start at block
     0; positions are skipped only for per-layer sites with `pos` swept, and never past
     `last_start` (the first position read; None: no skipping).
 
@@ -195,11 +269,13 @@ def start_groups(cells: dict[str, np.ndarray], site: str, cfg: ModelConfig, last
     n_cells = len(next(iter(cells.values())))
     first_layer = np.zeros(n_cells, np.int64)
     first_pos = np.zeros(n_cells, np.int64)
+    max_groups = max(1, min(max_groups, MAX_GROUPS))
     if is_per_layer(site) and "layer" in cells:
-        first_layer = _group_starts(np.asarray(cells["layer"]), cfg.n_layers, MAX_LAYER_GROUPS)
+        n_groups = min(MAX_LAYER_GROUPS, max_groups)
+        first_layer = _group_starts(np.asarray(cells["layer"]), cfg.n_layers, n_groups)
     if is_per_layer(site) and "pos" in cells and last_start is not None:
         pos = np.asarray(cells["pos"])
-        n_groups = min(MAX_POSITION_GROUPS, MAX_GROUPS // len(np.unique(first_layer)))
+        n_groups = min(MAX_POSITION_GROUPS, max_groups // len(np.unique(first_layer)))
         first_pos = _group_starts(pos, int(pos.max()) + 1, max(1, n_groups))
         first_pos = np.minimum(first_pos, last_start)
     order = np.lexsort((first_pos, first_layer))
@@ -242,11 +318,24 @@ AUTO_CHUNK_TOKENS = 4096  # tokens per vmapped chunk of cells under chunk_size="
 
 def map_cells(fn, cells, chunk_size: int | None):
     """`fn` over the cells' leading axis: one `vmap`, or `lax.map` over vmapped chunks
-    of `chunk_size` cells (still one compiled call)."""
+    of about `chunk_size` cells (still one compiled call). The cells are split into
+    equal chunks, the last padded with copies of the final cell (whose results are
+    dropped): `lax.map(..., batch_size=)` would compile a second copy of `fn` for the
+    remainder, doubling compile time."""
     n_cells = len(jax.tree_util.tree_leaves(cells)[0])
     if chunk_size is None or chunk_size >= n_cells:
         return jax.vmap(fn)(cells)
-    return jax.lax.map(fn, cells, batch_size=chunk_size)
+    n_chunks = -(-n_cells // chunk_size)
+    chunk = -(-n_cells // n_chunks)  # equal chunks, as little padding as possible
+    n_pad = n_chunks * chunk - n_cells
+
+    def to_chunks(x):
+        x = jnp.asarray(x)
+        x = jnp.concatenate([x, jnp.repeat(x[-1:], n_pad, axis=0)]) if n_pad else x
+        return x.reshape(n_chunks, chunk, *x.shape[1:])
+
+    out = jax.lax.map(jax.vmap(fn), jax.tree_util.tree_map(to_chunks, cells))
+    return jax.tree_util.tree_map(lambda y: y.reshape(-1, *y.shape[2:])[:n_cells], out)
 
 
 def check_chunk_size(chunk_size, tokens_per_cell: int) -> int | None:

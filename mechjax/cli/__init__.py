@@ -11,6 +11,8 @@ import importlib
 import sys
 import warnings
 
+from ..compilation_cache import enable_from_env
+
 # subcommand modules, in the order `mechjax --help` lists them
 COMMANDS = ("train", "compare", "report", "analyze")
 
@@ -19,6 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mechjax",
         description="Train toy transformers, watch induction heads form, and analyse circuits.",
+    )
+    parser.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not keep compiled programs on disk (by default they are kept in "
+        "~/.cache/mechjax/xla, or MECHJAX_COMPILATION_CACHE's folder, so a second run "
+        "skips compilation; MECHJAX_COMPILATION_CACHE=0 also turns it off)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
@@ -45,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if not args.no_compilation_cache:
+            enable_from_env(default_on=True)
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         # bad input or a refused option: one line, never a traceback

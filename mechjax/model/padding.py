@@ -60,3 +60,29 @@ def last_token_index(mask) -> np.ndarray:
     """The column of each prompt's last real token, `[batch]` (numpy int)."""
     mask = np.asarray(mask, bool)
     return mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+
+
+# Lengths a sweep pads its prompts up to, so that prompts of a new length inside a bucket
+# reuse the compiled program: at most 1.5x the real length (less work wasted than with
+# powers of two), a handful of programs up to any context.
+BUCKET_LENGTHS = tuple(sorted({b for p in range(4, 20) for b in (2**p, 3 * 2 ** (p - 1))}))
+
+
+def bucket_length(n_pos: int, n_ctx: int) -> int:
+    """The bucket `n_pos` pads up to: the smallest of `BUCKET_LENGTHS` (16, 24, 32, 48,
+    64, 96, ...) that holds it, capped at the model's context `n_ctx`."""
+    fits = [b for b in BUCKET_LENGTHS if b >= n_pos]
+    return max(n_pos, min(fits[0] if fits else n_pos, n_ctx))
+
+
+def pad_columns(tokens, mask, length: int, padding_side: str, pad_id: int = 0):
+    """Add padding columns to `tokens [batch, pos]` (and its `mask`, all True when
+    None) on `padding_side` up to `length` columns: `(tokens, mask)` as numpy."""
+    tokens = np.asarray(tokens)
+    mask = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask, bool)
+    n_new = length - tokens.shape[1]
+    widths = ((0, 0), (n_new, 0) if padding_side == "left" else (0, n_new))
+    return (
+        np.pad(tokens, widths, constant_values=pad_id),
+        np.pad(mask, widths, constant_values=False),
+    )
