@@ -44,6 +44,7 @@ import numpy as np
 from ..model.checks import check_mask
 from ..model.config import ModelConfig
 from ..model.edits import Edit
+from ..model.params import weight_bits, widen
 from ..model.sites import SITES
 from ..model.transformer import run, run_from
 from . import metrics, sweep
@@ -141,7 +142,7 @@ def _sweep(
             if shift:  # the block's output plus the patch's change, from block l + 1 on
                 unpatched = target_acts[site][first_layer]
                 patched = edits[0].apply(unpatched, first_layer)
-                W_O = params["blocks"]["W_O"][first_layer]
+                W_O = widen(params["blocks"]["W_O"][first_layer], cfg)
                 resid = target_acts["resid_post"][first_layer]
                 resid = resid + _residual_change(site, patched, unpatched, W_O)
                 logits, _ = run_from(
@@ -220,15 +221,15 @@ def activation_patching(
     (clean, corrupted), mask = padded.tokens, padded.mask
     chunk_size = sweep.check_chunk_size(chunk_size, clean.shape[0] * clean.shape[1])
     _, padded_sizes = sweep.check_over(site, over, cfg, clean.shape[1])
+    n_cells = int(np.prod(padded_sizes))
     cells = sweep.grid(padded_sizes, over)
     positions, read_metric = metrics.readout(padded.metric, clean.shape[1])
-    n_cells = len(next(iter(cells.values())))
     budget = sweep.group_budget(cfg, n_cells, clean.shape, logits=positions is None)
     shift = shifts_residual(site, over, cfg, budget)
     last_start = None if positions is None or shift else min(positions)
     order, groups = sweep.start_groups(cells, site, cfg, last_start, budget)
     raw, clean_metric, corrupted_metric = _sweep(
-        params,
+        weight_bits(params, cfg),
         clean,
         corrupted,
         {axis: index[order] for axis, index in cells.items()},

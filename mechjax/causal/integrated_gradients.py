@@ -113,8 +113,8 @@ def integrated_gradients(
     positions, read_metric = readout(metric, tokens.shape[1])
     shape = (*tokens.shape, cfg.d_model)
     if baseline is None:
-        baseline = jnp.zeros(shape, jnp.dtype(cfg.dtype))
-    baseline = jnp.asarray(baseline, jnp.dtype(cfg.dtype))
+        baseline = jnp.zeros(shape, jnp.dtype(cfg.activation_dtype))
+    baseline = jnp.asarray(baseline, jnp.dtype(cfg.activation_dtype))
     try:
         baseline = jnp.broadcast_to(baseline, shape)
     except ValueError as err:

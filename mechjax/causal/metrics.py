@@ -194,7 +194,7 @@ def check_metric(metric, cfg, tokens_shape: tuple[int, ...]) -> Metric:
         )
     if not isinstance(metric, Partial):
         metric = Partial(metric)
-    logits = jax.ShapeDtypeStruct((*tokens_shape, cfg.d_vocab), jnp.dtype(cfg.dtype))
+    logits = jax.ShapeDtypeStruct((*tokens_shape, cfg.d_vocab), jnp.dtype(cfg.activation_dtype))
     signature = _signature(metric, logits)
     if signature in _CHECKED:
         return metric

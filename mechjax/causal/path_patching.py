@@ -193,7 +193,7 @@ def path_patching(
     chunk_size = sweep.check_chunk_size(chunk_size, clean.shape[0] * clean.shape[1])
     n_pos = clean.shape[1]
     sender_idx = _positions(sender_pos, n_pos, "sender_pos")
-    sender_mask = jnp.ones((n_pos,), jnp.dtype(cfg.dtype))
+    sender_mask = jnp.ones((n_pos,), jnp.dtype(cfg.activation_dtype))
     if sender_idx is not None:
         sender_mask = jnp.zeros_like(sender_mask).at[sender_idx].set(1)
     metric = resolve_metric(metric, answers, cfg, clean.shape, mask)

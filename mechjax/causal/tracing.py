@@ -120,7 +120,7 @@ def _trace(params, tokens, noise, answer, mask, *, cfg, kinds, window, chunk_siz
     noisy_mask = None if mask is None else jnp.tile(mask, (n_samples, 1))
     # restored values, tiled to the noisy batch: [layer, samples * batch, pos, d_model]
     clean_acts = {s: jnp.tile(a, (1, n_samples, 1, 1)) for s, a in clean_acts.items()}
-    corrupt = steer("embed", noise.astype(jnp.dtype(cfg.dtype)))
+    corrupt = steer("embed", noise.astype(jnp.dtype(cfg.activation_dtype)))
     corrupted_prob = read_metric(
         run(params, noisy_tokens, cfg, edits=(corrupt,), readout=positions, mask=noisy_mask)[0]
     )

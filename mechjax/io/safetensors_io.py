@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from collections.abc import Mapping
@@ -153,15 +154,29 @@ class SafetensorsFile(Mapping):
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         self.tensors, self.metadata, self._data_start = read_header(self.path)
-        self._map = None
+        self._map = None  # the whole file, mapped read-only on first access
 
-    def _buffer(self) -> np.ndarray:
+    def _buffer(self):
         if self._map is None:
             if os.path.getsize(self.path) == self._data_start:  # no bytes: mmap would refuse
-                self._map = np.zeros(0, np.uint8)
-            else:
-                self._map = np.memmap(self.path, np.uint8, mode="r", offset=self._data_start)
+                return np.zeros(0, np.uint8)
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return self._map
+
+    def release(self, name: str) -> None:
+        """Let the kernel drop the pages of `name` from this process's resident memory
+        (they stay in the page cache): a loader that has copied a tensor out calls this,
+        so a shard's mapped pages do not add up to the shard's size on top of the copy
+        (a mapped file's touched pages count in resident memory until unmapped)."""
+        if self._map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        info = self.info(name)
+        page = mmap.PAGESIZE
+        start = -(-(self._data_start + info.begin) // page) * page  # whole pages inside
+        stop = (self._data_start + info.end) // page * page
+        if stop > start:
+            self._map.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
     def info(self, name: str) -> TensorInfo:
         if name not in self.tensors:
@@ -173,7 +188,9 @@ class SafetensorsFile(Mapping):
         info = self.info(name)
         dtype = info.numpy_dtype
         count = (info.end - info.begin) // dtype.itemsize
-        return np.frombuffer(self._buffer(), dtype, count, info.begin).reshape(info.shape)
+        buffer = self._buffer()
+        offset = info.begin + (self._data_start if isinstance(buffer, mmap.mmap) else 0)
+        return np.frombuffer(buffer, dtype, count, offset).reshape(info.shape)
 
     def __iter__(self):
         return iter(self.tensors)

@@ -83,7 +83,10 @@ class ModelConfig:
     post_attn_norm: bool = False
     post_mlp_norm: bool = False
     qk_norm: bool = False
-    dtype: str = "float32"
+    dtype: str = "float32"  # the weights' dtype
+    # the activations' dtype; None: the weights' dtype, except float32 for 16-bit
+    # weights on a CPU (`activation_dtype`)
+    compute_dtype: str | None = None
     name: str = ""
 
     def __post_init__(self):
@@ -144,6 +147,8 @@ class ModelConfig:
             bad("parallel_attn_mlp needs an MLP (d_mlp); an attention-only model has none")
         if self.dtype not in DTYPES:
             bad(f"dtype={self.dtype!r} is unknown; choose one of {DTYPES}")
+        if self.compute_dtype is not None and self.compute_dtype not in DTYPES:
+            bad(f"compute_dtype={self.compute_dtype!r} is unknown; choose None or one of {DTYPES}")
         if self.normalization == "none" and (
             self.post_attn_norm or self.post_mlp_norm or self.qk_norm
         ):
@@ -185,6 +190,22 @@ class ModelConfig:
     def rope_dim(self) -> int:
         """The number of rotated dims of each query / key head (RoPE models)."""
         return self.d_head if self.rotary_dim is None else self.rotary_dim
+
+    @property
+    def activation_dtype(self) -> str:
+        """The dtype the forward computes activations (and logits) in: `compute_dtype`
+        when set; else the weights' dtype, except that 16-bit weights on a CPU compute in
+        float32. XLA's CPU matmuls in bfloat16 ran 4-6x slower than in float32 on this
+        project's machines (no bfloat16 arithmetic there), so 16-bit weights keep their
+        memory saving and are widened layer by layer as they are used; on a GPU or TPU
+        they compute in their own dtype, as HF transformers does."""
+        if self.compute_dtype is not None:
+            return self.compute_dtype
+        if self.dtype == "float32":
+            return "float32"
+        import jax  # the backend decides; config otherwise needs no jax
+
+        return "float32" if jax.default_backend() == "cpu" else self.dtype
 
     @property
     def has_attn_out_bias(self) -> bool:

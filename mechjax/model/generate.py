@@ -206,7 +206,7 @@ def _generate(
     B, P = tokens.shape
     S = P + n_new
     slots_valid = jnp.concatenate([mask, jnp.ones((B, n_new), bool)], axis=1)
-    dtype = jnp.dtype(cfg.dtype)
+    dtype = jnp.dtype(cfg.activation_dtype)
     shape = (cfg.n_layers, B, S, cfg.n_kv_heads, cfg.d_head)
     cache = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
     capture = ("k", "v") if cfg.n_layers else ()

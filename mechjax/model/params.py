@@ -28,6 +28,8 @@ Norm weights are stored as the checkpoint stores them: with `norm_weight_offset=
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,18 +129,54 @@ def init_params(key: jax.Array, cfg: ModelConfig) -> Params:
         if _is_norm_weight(name):
             # SoLU's LayerNorm multiplies by w itself (no offset), so its identity is 1
             offset = 0.0 if name == "ln_mlp_w" else cfg.norm_weight_offset
-            value = jnp.full(shape, 1.0 - offset)
+            value = jnp.full(shape, 1.0 - offset, dtype)
         elif name.startswith("b_") or name.endswith("_b"):
-            value = jnp.zeros(shape)
+            value = jnp.zeros(shape, dtype)
         elif name in ("W_E", "W_pos"):
             std = cfg.d_model**-0.5 if cfg.scale_embeddings else 1.0
-            value = std * jax.random.normal(k, shape)
+            value = _draw(k, std, shape, dtype)
         else:
             # fan-in is the axis contracted by x @ W: second-to-last for every matrix here
-            fan_in = shape[-2]
-            value = jax.random.normal(k, shape) * fan_in**-0.5
-        out.append(value.astype(dtype))
+            value = _draw(k, shape[-2] ** -0.5, shape, dtype)
+        out.append(value)
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+DRAW_BLOCK = 1 << 23  # elements drawn at once: XLA's random bits hold several u32 copies
+
+
+def _draw(key, std, shape: tuple[int, ...], dtype) -> jax.Array:
+    """`std * N(0, 1)` of `shape` in `dtype`. A leaf larger than `DRAW_BLOCK` elements
+    (a real-size embedding, a stacked MLP matrix) is drawn as equal consecutive blocks
+    of its flattened elements, block i from `fold_in(key, i)`: drawing 590M normals at
+    once held ~4 u32/f32 arrays of that size (8 GiB) while the random bits were made.
+    Smaller leaves, every toy's, are drawn whole, as they always were."""
+    size = int(np.prod(shape))
+    if size <= DRAW_BLOCK:
+        return _normal(key, std, shape, dtype)
+    n_blocks = next(
+        (n for n in range(-(-size // DRAW_BLOCK), 64 * (-(-size // DRAW_BLOCK))) if size % n == 0),
+        None,
+    )
+    if n_blocks is None:  # no even split (a large prime size): draw whole
+        return _normal(key, std, shape, dtype)
+    return _normal_blocks(key, std, shape, dtype, n_blocks)
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "n_blocks"))
+def _normal_blocks(key, std, shape: tuple[int, ...], dtype, n_blocks: int) -> jax.Array:
+    block = (int(np.prod(shape)) // n_blocks,)
+    draw = lambda i: _normal(jax.random.fold_in(key, i), std, block, dtype)  # noqa: E731
+    return jax.lax.map(draw, jnp.arange(n_blocks)).reshape(shape)
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype"))
+def _normal(key, std, shape: tuple[int, ...], dtype) -> jax.Array:
+    """`std * N(0, 1)` drawn in float32 and cast to `dtype` in one program, so that only
+    the result is allocated: drawing a 16-bit model in float32 first held a float32 copy
+    of its largest leaf (2.4 GiB for a 256k-token embedding) beside it. Bit-identical to
+    drawing, scaling and casting one operation at a time."""
+    return (jax.random.normal(key, shape) * std).astype(dtype)
 
 
 def check_params(params: Params, cfg: ModelConfig) -> None:
@@ -171,6 +209,57 @@ def check_params(params: Params, cfg: ModelConfig) -> None:
             + ". Build params with mechjax.init_params(key, cfg) or load them with the config "
             "they were saved with."
         )
+
+
+# -- 16-bit weights computed in a wider dtype -------------------------------------------------
+# XLA's CPU backend has no bfloat16 arithmetic. Before compiling, it rewrites bfloat16
+# operations as float32 ones, slices and gathers included. Slicing one layer out of
+# bfloat16 stacked weights therefore first converted *all* layers to float32: a float32
+# copy of the whole model, and 4-6x slower.
+#
+# So weights that compute wider are handed to the compiled forward as their uint16 bits.
+# `weight_bits` views a concrete array's bits without a copy; inside a trace a bitcast
+# would be a copy. The forward slices and gathers the bits as integers and widens each
+# slice only where it is used (`widen`).
+
+BITS = jnp.uint16  # how the forward receives 16-bit float weights (`weight_bits`)
+_BIG = 1 << 20  # leaves of at least this many elements are handed over as bits
+
+
+def is_narrow(w, dtype) -> bool:
+    """Whether `w` holds 16-bit floats that compute in the wider `dtype`."""
+    w_dtype = jnp.dtype(w.dtype)
+    return w_dtype.itemsize == 2 and jnp.issubdtype(w_dtype, jnp.floating) and w_dtype != dtype
+
+
+def weight_bits(params: Params, cfg: ModelConfig) -> Params:
+    """`params` for the compiled forward: on a CPU, the big 16-bit leaves that compute
+    wider (`cfg.activation_dtype`), namely the blocks' weights, the embedding and the
+    unembedding, as uint16 views of the same memory (no copy). Anything else comes back
+    as it was: a traced array, another backend, float32 weights."""
+    dtype = jnp.dtype(cfg.activation_dtype)
+    if jax.default_backend() != "cpu" or dtype == jnp.dtype(cfg.dtype):
+        return params
+
+    def bits(w):
+        if isinstance(w, jax.core.Tracer) or not is_narrow(w, dtype) or w.size < _BIG:
+            return w
+        host = np.asarray(w)  # a view of the CPU buffer
+        view = host.view(np.uint16)
+        return jax.device_put(view) if view.ctypes.data % 64 == 0 else w
+
+    out = {k: bits(v) if k in ("W_E", "W_U") else v for k, v in params.items()}
+    out["blocks"] = {k: bits(v) for k, v in params["blocks"].items()}
+    return out
+
+
+def widen(w: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """A weight (or a slice or gather of one) in `cfg.activation_dtype`: uint16 bits
+    (`weight_bits`) reinterpreted as `cfg.dtype` first. Exact."""
+    dtype = jnp.dtype(cfg.activation_dtype)
+    if w.dtype == BITS:
+        w = jax.lax.bitcast_convert_type(w, jnp.dtype(cfg.dtype))
+    return w.astype(dtype) if jnp.issubdtype(w.dtype, jnp.floating) else w
 
 
 def unembedding(params: Params) -> jax.Array:

@@ -25,7 +25,7 @@ from .config import ModelConfig
 from .edits import Edit, check_edits
 from .hooks import BEFORE_QUERIES, SiteHooks
 from .padding import token_positions
-from .params import Params, check_params
+from .params import Params, check_params, weight_bits, widen
 from .sites import SITES, resolve_capture
 from .stream import Stream
 from .unembed import final_norm, final_norm_scale, unembed
@@ -125,7 +125,9 @@ def _attention(
         attn_raw = head_out.sum(axis=2)
     else:
         attn_raw = jnp.einsum("bphe,hed->bpd", z, lp["W_O"])
-    bias = lp["b_O"] if cfg.has_attn_out_bias else jnp.zeros((cfg.d_model,), h.dtype)
+    bias = (
+        lp["b_O"].astype(h.dtype) if cfg.has_attn_out_bias else jnp.zeros((cfg.d_model,), h.dtype)
+    )
     attn_raw = attn_raw + bias
 
     if cfg.post_attn_norm:
@@ -247,21 +249,25 @@ def run(
     cache: cached decoding, as in `run_from` (tokens then hold the new slots only).
     Logits are `[batch, pos, vocab]`, or `[batch, len(readout), vocab]`.
     """
-    dtype = jnp.dtype(cfg.dtype)
+    dtype = jnp.dtype(cfg.activation_dtype)
     B, P = tokens.shape
     embed_edits = tuple(e for e in edits if not SITES[e.site][0])
     if cache is not None:
         embed_edits = tuple(_shifted(e, cache[2]) for e in embed_edits)
     valid = None if mask is None else _columns(jnp.asarray(mask, bool), cache, P)
     top = SiteHooks(capture, embed_edits, valid=valid)
-    embed = jnp.take(params["W_E"], tokens, axis=0) * jnp.asarray(cfg.embed_scale, dtype)
+    # activations in cfg.activation_dtype from here on (16-bit weights widen as used)
+    embed = _rows(params["W_E"], tokens, cfg)
+    embed = embed * jnp.asarray(cfg.embed_scale, dtype)
     resid = top("embed", embed)
     if cfg.positional == "learned":
         if mask is None:
-            pos_embed = jnp.broadcast_to(params["W_pos"][:P], (B, P, cfg.d_model))
+            pos_embed = jnp.broadcast_to(
+                _rows(params["W_pos"], np.arange(P), cfg), (B, P, cfg.d_model)
+            )
         else:  # each prompt counts its positions from its first real token
             positions = _columns(token_positions(mask), cache, P)
-            pos_embed = jnp.take(params["W_pos"], positions, axis=0)
+            pos_embed = _rows(params["W_pos"], positions, cfg)
         resid = resid + top("pos_embed", pos_embed)
     logits, captured = run_from(
         params,
@@ -275,6 +281,15 @@ def run(
         cache=cache,
     )
     return logits, {**top.captured, **captured}
+
+
+UNROLL_MAX_BYTES = 64 << 20  # stacked block weights up to this size unroll their layers
+
+
+def _rows(table: jax.Array, index, cfg: ModelConfig) -> jax.Array:
+    """`table[index]` in the activations' dtype: an embedding lookup (a table of 16-bit
+    weights may come as its bits, `params.weight_bits`; only the rows read are widened)."""
+    return widen(jnp.take(table, jnp.asarray(index), axis=0), cfg)
 
 
 def _columns(x, cache, n: int):
@@ -379,8 +394,9 @@ def run_from(
         # (a run from a later layer, or all but a readout's last block) is a copy of
         # every layer it keeps: for a 2B model, gigabytes per call. Such runs index one
         # layer at a time instead.
+        blocks = params["blocks"]  # 16-bit weights may come as their bits (params.weight_bits)
         if first_layer == 0 and n_scanned == n_run:
-            xs["lp"] = params["blocks"]
+            xs["lp"] = blocks
         if cos is not None:
             xs.update(cos=cos[first_layer:], sin=sin[first_layer:])
         if prefix is not None:
@@ -395,7 +411,8 @@ def run_from(
             layer_cache = None if cache is None else (*x["cache"], cache[2])
             lp = x.get("lp")
             if lp is None:
-                lp = jax.tree_util.tree_map(lambda w: w[x["layer"]], params["blocks"])
+                lp = jax.tree_util.tree_map(lambda w: w[x["layer"]], blocks)
+            lp = jax.tree_util.tree_map(lambda w: widen(w, cfg), lp)  # this layer only
             return _block(
                 resid, lp, *cos_sin, window, cfg, hooks, queries, prefix_kv, mask, layer_cache
             )
@@ -406,8 +423,12 @@ def run_from(
 
         if n_scanned:
             scanned = jax.tree_util.tree_map(lambda a: a[:n_scanned], xs)
-            # small stacks unroll fully (faster on CPU); large ones keep one compiled layer
-            unroll = n_scanned if n_scanned <= 4 else 1
+            # small stacks unroll fully (faster on CPU); large ones keep one compiled layer.
+            # Unrolled, each layer's weights are sliced into buffers of their own that XLA
+            # may keep live together: a copy of the model at full size, so only toys unroll
+            stack_bytes = sum(w.nbytes for w in jax.tree_util.tree_leaves(blocks))
+            small = n_scanned <= 4 and stack_bytes <= UNROLL_MAX_BYTES
+            unroll = n_scanned if small else 1
             resid, stacked = jax.lax.scan(body, resid, scanned, unroll=unroll)
         if n_scanned < n_run:  # the last block, at the readout positions only
             x = jax.tree_util.tree_map(lambda a: a[-1], xs)
@@ -448,7 +469,7 @@ def forward(params: Params, tokens, cfg: ModelConfig, *, edits=(), mask=None) ->
     `mask [batch, pos]`: False at padding (`mechjax.model.padding`); each prompt's
     logits at its real positions then equal those of the prompt run alone."""
     tokens, edits, mask = _prepare(params, tokens, cfg, edits, mask)
-    return run(params, tokens, cfg, edits=edits, mask=mask)[0]
+    return run(weight_bits(params, cfg), tokens, cfg, edits=edits, mask=mask)[0]
 
 
 def run_with_stream(
@@ -469,5 +490,6 @@ def run_with_stream(
     same = {"head_writes": "head_out"} if not cfg.post_attn_norm else {}
     aliases = {name: of for name, of in same.items() if name in names and of in names}
     capture = tuple(n for n in names if n not in aliases)
+    params = weight_bits(params, cfg)
     logits, captured = run(params, tokens, cfg, capture=capture, edits=edits, mask=mask)
     return logits, Stream({**captured, **{name: captured[of] for name, of in aliases.items()}})

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from . import layers
 from .config import ModelConfig
-from .params import Params, unembedding
+from .params import Params, unembedding, widen
 
 
 def final_norm_scale(resid: jax.Array, cfg: ModelConfig) -> jax.Array:
@@ -43,13 +43,45 @@ def final_norm_linear(params: Params, cfg: ModelConfig, x: jax.Array, scale) -> 
     return layers.Norm(cfg).linear(x, scale, params["ln_final_w"])
 
 
+VOCAB_CHUNK = 32768  # unembedding columns widened at a time (16-bit weights, wider activations)
+
+
 def unembed(params: Params, cfg: ModelConfig, normed: jax.Array) -> jax.Array:
     """Logits `[..., vocab]` of final-normed residuals `[..., d_model]`: W_U, b_U, and the
     final soft-cap when the model has one."""
-    logits = jnp.einsum("...d,dv->...v", normed, unembedding(params))
+    table = params["W_U"] if "W_U" in params else params["W_E"]
+    if table.dtype == normed.dtype:
+        logits = jnp.einsum("...d,dv->...v", normed, unembedding(params))
+    else:  # 16-bit weights (or their bits, params.weight_bits) in wider activations
+        logits = _widened_in_chunks(normed, table, "W_U" in params, cfg)
     if cfg.use_unembed_bias:
-        logits = logits + params["b_U"]
+        logits = logits + widen(params["b_U"], cfg)
     return layers.softcap(logits, cfg.final_logit_softcap)
+
+
+def _widened_in_chunks(normed: jax.Array, table: jax.Array, untied: bool, cfg) -> jax.Array:
+    """`normed @ W_U` with the 16-bit unembedding widened `VOCAB_CHUNK` tokens at a time
+    (a loop, so one chunk's copy exists at once): widening all of a 256k-token
+    unembedding would hold a 2.4 GiB float32 copy of it. `table` is W_U `[d_model,
+    vocab]` when `untied`, else W_E `[vocab, d_model]` (its rows are read, never its
+    transpose: that would copy it). The last chunk ends at the last token (it may
+    overlap the one before)."""
+    axis = 1 if untied else 0
+    V = table.shape[axis]
+    n = -(-V // VOCAB_CHUNK)
+    width = -(-V // n)
+    starts = jnp.minimum(jnp.arange(n) * width, V - width)
+    spec = "...d,dv->...v" if untied else "...d,vd->...v"
+
+    def chunk(start):
+        w = widen(jax.lax.dynamic_slice_in_dim(table, start, width, axis=axis), cfg)
+        return jnp.einsum(spec, normed, w)
+
+    if n == 1:
+        return chunk(0)
+    out = jax.lax.map(chunk, starts)  # [n, ..., width]
+    head = jnp.moveaxis(out[:-1], 0, -2).reshape(*normed.shape[:-1], (n - 1) * width)
+    return jnp.concatenate([head, out[-1][..., n * width - V :]], axis=-1)
 
 
 def output_head(params: Params, cfg: ModelConfig, resid: jax.Array, scale=None) -> jax.Array:
@@ -62,7 +94,7 @@ def output_head(params: Params, cfg: ModelConfig, resid: jax.Array, scale=None) 
 def logit_bias(params: Params, cfg: ModelConfig) -> jax.Array:
     """The part of the logits no write is responsible for: the final norm's bias through
     W_U, plus b_U. `[vocab]` (before any soft-cap)."""
-    out = jnp.zeros((cfg.d_vocab,), jnp.dtype(cfg.dtype))
+    out = jnp.zeros((cfg.d_vocab,), jnp.dtype(cfg.activation_dtype))
     if "ln_final_b" in params:
         out = out + params["ln_final_b"] @ unembedding(params)
     if cfg.use_unembed_bias:
