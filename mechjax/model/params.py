@@ -146,37 +146,32 @@ DRAW_BLOCK = 1 << 23  # elements drawn at once: XLA's random bits hold several u
 
 
 def _draw(key, std, shape: tuple[int, ...], dtype) -> jax.Array:
-    """`std * N(0, 1)` of `shape` in `dtype`. A leaf larger than `DRAW_BLOCK` elements
-    (a real-size embedding, a stacked MLP matrix) is drawn as equal consecutive blocks
-    of its flattened elements, block i from `fold_in(key, i)`: drawing 590M normals at
-    once held ~4 u32/f32 arrays of that size (8 GiB) while the random bits were made.
-    Smaller leaves, every toy's, are drawn whole, as they always were."""
+    """`std * N(0, 1)` of `shape` in `dtype`. A leaf of at most `DRAW_BLOCK` elements
+    (every toy's) is drawn in float32 and cast, one operation at a time, as it always
+    was (the same bits as earlier versions: compiled as one program, XLA's rounding of
+    the scaling differed in the last bit). A larger one (a real-size embedding, a
+    stacked MLP matrix) is drawn as equal consecutive blocks of its flattened elements,
+    block i from `fold_in(key, i)`, each cast to `dtype` in the program that draws it:
+    drawing 590M normals at once held ~4 u32/f32 arrays of that size (8 GiB) while the
+    random bits were made, and a 16-bit model held a float32 copy of the leaf."""
     size = int(np.prod(shape))
-    if size <= DRAW_BLOCK:
-        return _normal(key, std, shape, dtype)
     n_blocks = next(
         (n for n in range(-(-size // DRAW_BLOCK), 64 * (-(-size // DRAW_BLOCK))) if size % n == 0),
         None,
     )
-    if n_blocks is None:  # no even split (a large prime size): draw whole
-        return _normal(key, std, shape, dtype)
+    if size <= DRAW_BLOCK or n_blocks is None:  # (no even split: a large prime size)
+        return (jax.random.normal(key, shape) * std).astype(dtype)
     return _normal_blocks(key, std, shape, dtype, n_blocks)
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "dtype", "n_blocks"))
 def _normal_blocks(key, std, shape: tuple[int, ...], dtype, n_blocks: int) -> jax.Array:
     block = (int(np.prod(shape)) // n_blocks,)
-    draw = lambda i: _normal(jax.random.fold_in(key, i), std, block, dtype)  # noqa: E731
+
+    def draw(i):
+        return (jax.random.normal(jax.random.fold_in(key, i), block) * std).astype(dtype)
+
     return jax.lax.map(draw, jnp.arange(n_blocks)).reshape(shape)
-
-
-@functools.partial(jax.jit, static_argnames=("shape", "dtype"))
-def _normal(key, std, shape: tuple[int, ...], dtype) -> jax.Array:
-    """`std * N(0, 1)` drawn in float32 and cast to `dtype` in one program, so that only
-    the result is allocated: drawing a 16-bit model in float32 first held a float32 copy
-    of its largest leaf (2.4 GiB for a 256k-token embedding) beside it. Bit-identical to
-    drawing, scaling and casting one operation at a time."""
-    return (jax.random.normal(key, shape) * std).astype(dtype)
 
 
 def check_params(params: Params, cfg: ModelConfig) -> None:
