@@ -6,6 +6,8 @@ eigen          eigenvalues of the full circuits and the eigenvalue copying stati
 factored       FactoredMatrix: a low-rank product kept as its two factors
 paths          the path decomposition of a 1- or 2-layer attention-only model
 skip_trigrams  the strongest skip-trigrams of the full QK and OV circuits
+host_linalg    non-symmetric eigenvalues computed on the host CPU, whatever device holds
+               the matrices (XLA's `eig` is a CPU kernel)
 """
 
 from . import eigen, factored, paths, skip_trigrams, weights

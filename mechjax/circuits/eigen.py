@@ -22,7 +22,9 @@ its upper triangle is computed (`upper_gram_layout`).
     eigenvalue_copying                        the score of any square FactoredMatrix
 
 Weights are taken as stored, embedding times `cfg.embed_scale`, norms left out (call
-`mechjax.circuits.fold_norms` first). `eig` runs on the CPU only (XLA has no GPU kernel).
+`mechjax.circuits.fold_norms` first). The cores are computed on the default device (a GPU
+if there is one) and their `eig` on the host CPU (`host_linalg.host_eigvals`), the
+eigenvalues coming back on the weights' device.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 from ..model.config import ModelConfig
 from ..model.params import Params, param_shapes, per_query_head
 from .factored import FactoredMatrix
+from .host_linalg import host_eigvals
 
 # -- the embedding's Gram matrix ------------------------------------------------------------------
 
@@ -135,27 +138,27 @@ def _no_layers(cfg: ModelConfig) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _full_ov_eigenvalues(params: Params, cfg: ModelConfig) -> jax.Array:
+def _full_ov_core(params: Params, cfg: ModelConfig) -> jax.Array:
+    """`W_O (W_U W_E) W_V` `[layer, head, d_head, d_head]`, float32."""
     scale = cfg.embed_scale
     gram = vocab_gram(params["W_E"], params.get("W_U")) * scale  # W_U (W_E * scale)
     W_V = params["blocks"]["W_V"].astype(jnp.float32)
     W_O = params["blocks"]["W_O"].astype(jnp.float32)
     # G W_V per key/value head first (fewer than the query heads under GQA)
     gram_v = per_query_head(jnp.einsum("dm,lkme->lkde", gram, W_V), cfg)
-    core = jnp.einsum("lhed,lhdf->lhef", W_O, gram_v)  # [layer, head, d_head, d_head]
-    return jnp.linalg.eigvals(core)
+    return jnp.einsum("lhed,lhdf->lhef", W_O, gram_v)  # [layer, head, d_head, d_head]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _full_qk_eigenvalues(params: Params, cfg: ModelConfig) -> jax.Array:
+def _full_qk_core(params: Params, cfg: ModelConfig) -> jax.Array:
+    """`W_K^T (W_E^T W_E) W_Q` `[layer, head, d_head, d_head]`, float32."""
     scale = cfg.embed_scale
     gram = vocab_gram(params["W_E"], None) * (scale * scale)  # (W_E s)^T (W_E s)
     W_Q = params["blocks"]["W_Q"].astype(jnp.float32)
     W_K = params["blocks"]["W_K"].astype(jnp.float32)
     gram_k = per_query_head(jnp.einsum("dm,lkme->lkde", gram, W_K), cfg)
     # (G W_K)^T = W_K^T G, G being symmetric
-    core = jnp.einsum("lhde,lhdf->lhef", gram_k, W_Q)  # [layer, head, d_head, d_head]
-    return jnp.linalg.eigvals(core)
+    return jnp.einsum("lhde,lhdf->lhef", gram_k, W_Q)  # [layer, head, d_head, d_head]
 
 
 def full_ov_eigenvalues(params: Params, cfg: ModelConfig) -> jax.Array:
@@ -175,10 +178,12 @@ def full_ov_eigenvalues(params: Params, cfg: ModelConfig) -> jax.Array:
     vocab x vocab circuit has them plus vocab - d_head zeros (for vocab < d_head it has
     vocab eigenvalues, and `B A` adds d_head - vocab zeros). The embedding is scaled by
     `cfg.embed_scale`; norms are left out (call `circuits.fold_norms` first). Computed in float32
-    (bf16/fp16 weights are upcast; `eig` has no half-precision kernel). CPU only (`eig`).
+    (bf16/fp16 weights are upcast; `eig` has no half-precision kernel). The Gram matrix
+    and the cores are computed on the default device, `eig` on the host CPU
+    (`host_linalg.host_eigvals`); the eigenvalues are returned on the cores' device.
     """
     _check_circuit_weights(params, cfg, ("W_V", "W_O"), "full_ov_eigenvalues")
-    return _full_ov_eigenvalues(params, cfg) if cfg.n_layers else _no_layers(cfg)
+    return host_eigvals(_full_ov_core(params, cfg)) if cfg.n_layers else _no_layers(cfg)
 
 
 def full_qk_eigenvalues(params: Params, cfg: ModelConfig) -> jax.Array:
@@ -188,10 +193,10 @@ def full_qk_eigenvalues(params: Params, cfg: ModelConfig) -> jax.Array:
 
     `B A = W_K^T (W_E^T W_E) W_Q` through the symmetric Gram matrix of the (scaled)
     embedding, computed once, as in `full_ov_eigenvalues` (which documents the zeros
-    left out, the scaling and the dtype). CPU only (`eig`).
+    left out, the scaling, the dtype and where `eig` runs: the host CPU).
     """
     _check_circuit_weights(params, cfg, ("W_Q", "W_K"), "full_qk_eigenvalues")
-    return _full_qk_eigenvalues(params, cfg) if cfg.n_layers else _no_layers(cfg)
+    return host_eigvals(_full_qk_core(params, cfg)) if cfg.n_layers else _no_layers(cfg)
 
 
 # -- copying scores from eigenvalues --------------------------------------------------------------
@@ -206,7 +211,8 @@ def _copying_from_eigenvalues(eig: jax.Array) -> jax.Array:
 def eigenvalue_copying(fm: FactoredMatrix) -> jax.Array:
     """`Re(sum(lambda)) / sum(|lambda|)` over the eigenvalues of each square matrix in `fm`
     `[...]`, in [-1, 1] (Elhage et al. 2021): positive when the circuit maps most inputs
-    to themselves (copying). 0 for the zero matrix. CPU only (`eig`)."""
+    to themselves (copying). 0 for the zero matrix. `eig` runs on the host CPU
+    (`FactoredMatrix.eigenvalues`)."""
     dtype = jnp.promote_types(fm.A.dtype, jnp.float32)  # eig has no bf16/fp16 kernel
     eig = FactoredMatrix(fm.A.astype(dtype), fm.B.astype(dtype)).eigenvalues
     return _copying_from_eigenvalues(eig)

@@ -17,8 +17,9 @@ Leading axes (e.g. `[layer, head]`) broadcast between A and B, so one `FactoredM
 holds every head's circuit and each method is one vectorised call. It is a pytree
 (`flax.struct.dataclass`): it passes through `jax.jit` and `jax.vmap`.
 
-`jnp.linalg.eig` (non-symmetric eigenvalues, used by `eigenvalues`) is implemented by
-XLA on CPU only; on a GPU move the factors to the CPU first.
+`eigenvalues` (non-symmetric, LAPACK `geev`) computes `B @ A` where the factors are and
+its `eig` on the host CPU (`mechjax.circuits.host_linalg.host_eigvals`), returning the
+eigenvalues on the factors' device: nothing to move by hand on a GPU or TPU.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from .host_linalg import host_eigvals
 
 
 def _leading_shape(a, b) -> tuple[int, ...]:
@@ -148,11 +151,13 @@ class FactoredMatrix:
         """The eigenvalues of `B @ A`, complex `[..., r]`.
 
         For r <= m these are A@B's eigenvalues except for m - r extra zeros (A@B has rank
-        <= r); for r > m they are A@B's m eigenvalues plus r - m zeros. CPU only (XLA's
-        `eig`).
+        <= r); for r > m they are A@B's m eigenvalues plus r - m zeros. `B @ A` is
+        formed where the factors are, its `eig` runs on the host CPU (`host_eigvals`;
+        inside jit on a GPU, through a host callback) and the eigenvalues come back on
+        the factors' device.
         """
         self._require_square("eigenvalues")
-        return jnp.linalg.eigvals(self.B @ self.A)
+        return host_eigvals(self.B @ self.A)
 
     def _compress(self):
         """`A @ B = Q_A @ core @ Q_B^T` with orthonormal columns in Q_A [m, kA], Q_B [n, kB]

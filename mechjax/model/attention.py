@@ -1,12 +1,16 @@
 """The attention kernel and its masks: scores, the float32 softmax over keys, causal and
-sliding-window masks, and causal attention computed in cache-sized pieces.
+sliding-window masks, causal attention computed in cache-sized pieces ("chunked", for
+CPUs), and JAX's fused attention ("fused", for GPUs; `attention_implementation` picks).
 
 Axes: `qh [batch, kv_head, group, query, d_head]` (query heads grouped under the key/value
-head they share, HF's repeat_kv order), `kh, vh [batch, kv_head, key, d_head]`. The
-block wiring (projections, RoPE, sites, the output projection) is in `forward.py`.
+head they share, HF's repeat_kv order), `kh, vh [batch, kv_head, key, d_head]`; the fused
+kernel takes the position-major `[batch, pos, head, d_head]` instead. The block wiring
+(projections, RoPE, sites, the output projection) is in `transformer.py`.
 """
 
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +18,88 @@ import numpy as np
 
 from .config import ModelConfig
 from .layers import softcap
+
+ATTENTION_ENV = "MECHJAX_ATTENTION"
+ATTENTION_CHOICES = ("fused", "chunked", "auto")
+GPU_BACKENDS = ("gpu", "cuda", "rocm")
+
+
+def attention_implementation(cfg: ModelConfig | None = None) -> str:
+    """How the forward's fast path computes attention: "fused" (`fused_causal_attention`,
+    JAX's `jax.nn.dot_product_attention`) or "chunked" (`causal_attention`).
+
+    "fused" when JAX's default backend is a GPU ("gpu", "cuda" or "rocm"), "chunked"
+    otherwise; the environment variable `MECHJAX_ATTENTION` overrides it: "fused",
+    "chunked" or "auto" (the rule above; also when unset or empty). A model with an
+    attention-logit soft-cap (`cfg.attn_logit_softcap`, Gemma 2) is always "chunked": the
+    fused kernel has no soft-cap. Read when the forward is traced: after changing the
+    variable, `jax.clear_caches()` makes already-compiled functions pick again.
+    """
+    raw = os.environ.get(ATTENTION_ENV, "")
+    choice = raw.strip().lower() or "auto"
+    if choice not in ATTENTION_CHOICES:
+        raise ValueError(
+            f"{ATTENTION_ENV}={raw!r} is not one of {', '.join(ATTENTION_CHOICES)} "
+            "(unset: auto, fused on a GPU and chunked elsewhere)"
+        )
+    if choice == "auto":
+        choice = "fused" if jax.default_backend() in GPU_BACKENDS else "chunked"
+    if cfg is not None and cfg.attn_logit_softcap is not None:
+        return "chunked"
+    return choice
+
+
+def fused_causal_attention(q, k, v, window, cfg: ModelConfig, dtype, key_valid=None):
+    """The mixed values `[batch, pos, head, d_head]` of queries q `[batch, pos, head,
+    d_head]` over keys/values k, v `[batch, pos, kv_head, d_head]` (query head n reads
+    key/value head n // group_size, as `causal_attention`), through
+    `jax.nn.dot_product_attention`: the same causal, sliding-window (`window`, possibly
+    traced per layer) and padding (`key_valid [batch, pos]`) masking as `attention_mask`,
+    given as a boolean mask, or as `is_causal` when the model has no local layers and
+    nothing is padded. No soft-cap (`attention_implementation` keeps such models chunked).
+
+    Which kernel: cuDNN's flash attention where `cudnn_eligible` (GPU, fp16/bf16, plain
+    causal mask, head sizes in multiples of 8 up to 128), else `implementation=None`,
+    which in JAX 0.10 is its XLA implementation on every backend (automatic selection of
+    cuDNN is still a TODO there): one masked softmax per layer, float32 logits and
+    softmax cast to `dtype` as `softmax_over_keys` does, materialising the `[batch,
+    head, pos, pos]` scores. The chunked path's sequential `lax.map` and query blocks are
+    tuned for CPU caches, not for a GPU (no GPU timings yet). Like every fused kernel,
+    cuDNN's never returns the attention probabilities: which is why captured or edited
+    `scores` / `pattern` keep our own path.
+
+    Tolerances (tests/test_gpu_paths.py, on a CPU): in float32 the logits and gradients
+    equal the chunked path's to rounding (<= 3e-7 of the logits' scale; tested at 1e-5).
+    In bfloat16 activations the two paths differ by bfloat16 rounding: logits within 2%
+    of their scale (about 1% measured), each about as far from the float32 logits.
+    """
+    causal = key_valid is None and not cfg.has_local_layers
+    mask = None
+    if not causal:
+        mask = attention_mask(k.shape[1], window, None, key_valid)
+        mask = mask[None, None] if mask.ndim == 2 else mask[:, None]  # [batch, 1, query, key]
+    q, k, v = (x.astype(dtype) for x in (q, k, v))
+    if cudnn_eligible(cfg, dtype, causal, jax.default_backend()):
+        try:
+            return jax.nn.dot_product_attention(
+                q, k, v, scale=cfg.attn_scale, is_causal=True, implementation="cudnn"
+            )
+        except (RuntimeError, NotImplementedError, ValueError):
+            pass  # this GPU or cuDNN version lacks the kernel (checked while tracing): XLA's
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask, scale=cfg.attn_scale, is_causal=causal, implementation=None
+    )
+
+
+def cudnn_eligible(cfg: ModelConfig, dtype, causal: bool, backend: str) -> bool:
+    """Whether the fused path asks for cuDNN's flash-attention kernel: on a GPU, for
+    16-bit activations, plain causal masks (no padding, no per-layer windows: a traced
+    window cannot become cuDNN's static one) and head sizes it takes (multiples of 8 up
+    to 128). Otherwise, or when cuDNN refuses while tracing, JAX's XLA implementation
+    runs. Not yet run on a GPU by this project's tests (the CPU tests check this rule)."""
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    head_ok = cfg.d_head % 8 == 0 and cfg.d_head <= 128
+    return backend in GPU_BACKENDS and half and causal and head_ok
 
 
 def attention_scores(qh, kh, cfg: ModelConfig) -> jax.Array:

@@ -19,7 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import layers
-from .attention import attention_mask, attention_scores, causal_attention, softmax_over_keys
+from .attention import (
+    attention_implementation,
+    attention_mask,
+    attention_scores,
+    causal_attention,
+    fused_causal_attention,
+    softmax_over_keys,
+)
 from .checks import check_config, check_mask, check_tokens
 from .config import ModelConfig
 from .edits import Edit, check_edits
@@ -114,9 +121,12 @@ def _attention(
         site.record("scores", scores)
         pattern = site("pattern", softmax_over_keys(scores, h.dtype))
         zh = jnp.einsum("bkgqs,bkse->bkgqe", pattern.reshape(B, K, G, R, P), vh)
-    else:  # nothing reads or edits the scores: the fast path
+        z = zh.transpose(0, 3, 1, 2, 4).reshape(B, R, -1, E)
+    elif attention_implementation(cfg) == "fused":  # nothing reads the scores; a GPU
+        z = fused_causal_attention(q, k, v, window, cfg, h.dtype, key_valid)
+    else:  # nothing reads or edits the scores: the fast path (chunked, for CPUs)
         zh = causal_attention(qh, kh, vh, window, cfg, h.dtype, key_valid)
-    z = zh.transpose(0, 3, 1, 2, 4).reshape(B, R, -1, E)
+        z = zh.transpose(0, 3, 1, 2, 4).reshape(B, R, -1, E)
     z = site("z", z)
 
     per_head = site.wants("head_out") or site.wants("head_writes")
