@@ -19,14 +19,20 @@ Training, dynamics, data and views are imported explicitly (`mechjax.train`, ...
 `mj.enable_compilation_cache()` keeps compiled programs on disk, so the next process
 skips XLA compilation (`compilation_cache`; `MECHJAX_COMPILATION_CACHE=1` does it at
 import; the `mechjax` command does it by default).
+
+More than one device: `mj.make_mesh("data=2,model=2")`, `mj.shard_params(params, mesh)`,
+`with mj.use_mesh(mesh): ...` (sweeps spread their cells over the devices), and
+`mechjax.train.train(..., mesh=mesh)`; `mj.distributed.initialize()` first in each
+process of a multi-process run (`distributed`, `model.sharding`).
 """
 
-from . import activations, causal, circuits, io, model
+from . import activations, causal, circuits, distributed, io, model
 from .activations import attribution, heads, lens
 from .causal import ablation, tracing
 from .circuits import eigen as circuit_eigen
 from .circuits import factored
 from .compilation_cache import enable_compilation_cache, enable_from_env
+from .distributed import make_mesh
 from .model import (
     Edit,
     ModelConfig,
@@ -49,6 +55,7 @@ from .model import (
     stream,
     unembedding,
 )
+from .model.sharding import shard_params, use_mesh
 from .version import __version__ as __version__
 
 patching = causal  # the name users know for activation / path / attribution patching
@@ -77,6 +84,7 @@ __all__ = [
     "circuits",
     "config",
     "count_params",
+    "distributed",
     "edits",
     "enable_compilation_cache",
     "factored",
@@ -88,14 +96,17 @@ __all__ = [
     "lens",
     "losses",
     "logit_attribution",
+    "make_mesh",
     "model",
     "param_shapes",
     "params",
     "patching",
     "presets",
     "run_with_stream",
+    "shard_params",
     "sites",
     "stream",
     "tracing",
     "unembedding",
+    "use_mesh",
 ]

@@ -15,10 +15,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# the flow, first to last: `version` and `compilation_cache` are leaves every package may read
+# the flow, first to last: `version`, `compilation_cache` and `distributed` are leaves
+# every package may read
 FLOW = (
     "version",
     "compilation_cache",
+    "distributed",
     "model",
     "io",
     "data",

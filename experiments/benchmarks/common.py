@@ -208,15 +208,20 @@ class WorkerFailed(RuntimeError):
     pass
 
 
-def run_worker(script: str, spec: dict, *, timeout: float | None = None) -> dict:
+def run_worker(
+    script: str, spec: dict, *, timeout: float | None = None, env: dict | None = None
+) -> dict:
     """Run `python script --worker JSON(spec)` in a fresh process and return its result.
 
-    The worker inherits this process's environment (allocator preloads, thread settings).
+    The worker inherits this process's environment (allocator preloads, thread settings),
+    with `env`'s variables set on top (e.g. XLA_FLAGS for a host device count).
     """
     cmd = [sys.executable, os.path.abspath(script), "--worker", json.dumps(spec)]
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        )
     except subprocess.TimeoutExpired as err:
         raise WorkerFailed(f"worker {spec.get('case')}/{spec.get('impl')} timed out") from err
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]

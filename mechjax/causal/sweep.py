@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..model import sharding
 from ..model.checks import check_config, check_tokens
 from ..model.config import ModelConfig
 from ..model.padding import bucket_length, pad_columns
@@ -332,20 +333,32 @@ def map_cells(fn, cells, chunk_size: int | None):
     of about `chunk_size` cells (still one compiled call). The cells are split into
     equal chunks, the last padded with copies of the final cell (whose results are
     dropped): `lax.map(..., batch_size=)` would compile a second copy of `fn` for the
-    remainder, doubling compile time."""
+    remainder, doubling compile time.
+
+    Under a mesh (`mechjax.model.sharding.use_mesh`) each chunk's cells are split over
+    the mesh's `data` axis (chunks rounded up to a multiple of its size): every device
+    runs its share of the cells."""
     n_cells = len(jax.tree_util.tree_leaves(cells)[0])
-    if chunk_size is None or chunk_size >= n_cells:
+    n_devices = sharding.cell_devices()
+    if (chunk_size is None or chunk_size >= n_cells) and n_devices == 1:
         return jax.vmap(fn)(cells)
-    n_chunks = -(-n_cells // chunk_size)
+    n_chunks = 1 if chunk_size is None else -(-n_cells // chunk_size)
     chunk = -(-n_cells // n_chunks)  # equal chunks, as little padding as possible
+    chunk = -(-chunk // n_devices) * n_devices
     n_pad = n_chunks * chunk - n_cells
 
     def to_chunks(x):
         x = jnp.asarray(x)
         x = jnp.concatenate([x, jnp.repeat(x[-1:], n_pad, axis=0)]) if n_pad else x
-        return x.reshape(n_chunks, chunk, *x.shape[1:])
+        return sharding.spread_cells(x.reshape(n_chunks, chunk, *x.shape[1:]), axis=1)
 
-    out = jax.lax.map(jax.vmap(fn), jax.tree_util.tree_map(to_chunks, cells))
+    chunks = jax.tree_util.tree_map(to_chunks, cells)
+    if n_chunks == 1:
+        out = jax.tree_util.tree_map(
+            lambda y: y[None], jax.vmap(fn)(jax.tree_util.tree_map(lambda x: x[0], chunks))
+        )
+    else:
+        out = jax.lax.map(jax.vmap(fn), chunks)
     return jax.tree_util.tree_map(lambda y: y.reshape(-1, *y.shape[2:])[:n_cells], out)
 
 

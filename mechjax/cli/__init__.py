@@ -12,6 +12,7 @@ import sys
 import warnings
 
 from ..compilation_cache import enable_from_env
+from ..distributed import initialize
 
 # subcommand modules, in the order `mechjax --help` lists them
 COMMANDS = ("train", "compare", "report", "analyze")
@@ -28,6 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not keep compiled programs on disk (by default they are kept in "
         "~/.cache/mechjax/xla, or MECHJAX_COMPILATION_CACHE's folder, so a second run "
         "skips compilation; MECHJAX_COMPILATION_CACHE=0 also turns it off)",
+    )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run first (jax.distributed: SLURM / Open MPI detection, "
+        "or MECHJAX_COORDINATOR=host:port, MECHJAX_NUM_PROCESSES, MECHJAX_PROCESS_ID); "
+        "start the same command in every process",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
@@ -54,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.distributed:
+            initialize()
         if not args.no_compilation_cache:
             enable_from_env(default_on=True)
         return int(args.func(args) or 0)

@@ -73,27 +73,37 @@ def register(subparsers) -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the random sequences")
     parser.add_argument("--batch", type=int, default=8, help="sequences for the head scores")
+    parser.add_argument(
+        "--mesh", metavar="AXIS=SIZE,...", help="spread the model over several devices, "
+        "e.g. model=4 (heads, neurons and vocabulary split) or data=2,model=2"
+    )  # fmt: skip
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    from ..distributed import make_mesh
+    from ..model.sharding import shard_params, use_mesh
+
+    mesh = make_mesh(args.mesh) if args.mesh else None  # a bad mesh fails before loading
     loaded = load_any(args.model)
     bos_id = loaded.bos_id if args.bos_id is None else args.bos_id
     exclude = loaded.specials if args.all_tokens else loaded.exclude
     out = args.out or args.model / "analysis"
-    page = write_analysis(
-        loaded.params,
-        loaded.cfg,
-        out,
-        token_str=loaded.token_str,
-        bos_id=bos_id,
-        exclude=exclude,
-        source=loaded.description,
-        seed=args.seed,
-        batch=args.batch,
-    )
+    params = loaded.params if mesh is None else shard_params(loaded.params, mesh)
+    with use_mesh(mesh):
+        page = write_analysis(
+            params,
+            loaded.cfg,
+            out,
+            token_str=loaded.token_str,
+            bos_id=bos_id,
+            exclude=exclude,
+            source=loaded.description,
+            seed=args.seed,
+            batch=args.batch,
+        )
     print(page)
     return 0
 

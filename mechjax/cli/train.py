@@ -18,6 +18,7 @@ SHORTCUTS = {
     "warmup_steps": ("train", "warmup_steps", int),
     "weight_decay": ("train", "weight_decay", float),
     "n_evals": ("train", "n_evals", int),
+    "precision": ("train", "precision", str),
     "layers": ("model", "n_layers", int),
     "d_model": ("model", "d_model", int),
     "n_heads": ("model", "n_heads", int),
@@ -61,6 +62,19 @@ def register(subparsers) -> None:
         default=[],
         metavar="SECTION.FIELD=VALUE",
         help="override any preset field, e.g. --set model.d_head=16 --set train.b2=0.99",
+    )
+    p.add_argument(
+        "--mesh",
+        metavar="AXIS=SIZE,...",
+        help="train on several devices: e.g. data=4 (data parallel), seed=2,data=2 (seeds "
+        "over devices too), data=2,model=2 (heads and neurons split); -1 takes the devices "
+        "left. Default: one device (every device with --distributed)",
+    )
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="with --mesh: split parameters and optimiser state over the data axis too "
+        "(fully sharded data parallel) instead of a copy per device",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -132,10 +146,14 @@ def run(args) -> int:
         for name in list_presets():
             print(f"{name:16s} {load_preset(name).get('description', '')}")
         return 0
+    from mechjax.distributed import describe_mesh, is_coordinator, make_mesh, process_count
     from mechjax.train import build_from_spec
 
     spec = resolve(args)
     model_cfg, train_cfg, dataset = build_from_spec(spec)
+    if args.fsdp and not args.mesh:
+        raise ValueError("--fsdp splits over a mesh's data axis: give --mesh too, e.g. data=4")
+    mesh = make_mesh(args.mesh) if args.mesh else None
     if args.show_config:
         print(
             json.dumps(
@@ -144,19 +162,36 @@ def run(args) -> int:
             )
         )
         return 0
+    if args.out is None and process_count() > 1:
+        raise ValueError(
+            "a multi-process run needs --out: every process must name the same run directory"
+        )
     out = args.out or Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     from mechjax.train import TrainingDiverged, train
     from mechjax.views.progress import ProgressBar
     from mechjax.views.run_report import build_report, write_summary
 
-    print(f"mechjax train: {spec.get('description', args.preset)}")
-    print(f"  data: {dataset.describe()}")
-    print(f"  run directory: {out}")
+    talk = is_coordinator()  # several processes: process 0 speaks and writes pages
+    if talk:
+        print(f"mechjax train: {spec.get('description', args.preset)}")
+        print(f"  data: {dataset.describe()}")
+        print(f"  run directory: {out}")
+        if mesh is not None:
+            print(f"  mesh: {describe_mesh(mesh)}{' (fsdp)' if args.fsdp else ''}")
     with ProgressBar() as bar:
-        on_step = None if args.no_progress else bar
+        on_step = None if args.no_progress or not talk else bar
         try:
-            result = train(model_cfg, train_cfg, dataset, out, resume=args.resume, on_step=on_step)
+            result = train(
+                model_cfg,
+                train_cfg,
+                dataset,
+                out,
+                resume=args.resume,
+                on_step=on_step,
+                mesh=mesh,
+                fsdp=args.fsdp,
+            )
         except TrainingDiverged as err:
             bar.close()
             print(f"mechjax train: diverged: {err}", file=sys.stderr)
@@ -168,6 +203,8 @@ def run(args) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if not talk:
+        return 0
     if result.final_step == train_cfg.steps:
         for run_dir in result.run_dirs:
             write_summary(run_dir)

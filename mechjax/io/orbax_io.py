@@ -90,8 +90,6 @@ def save_model(path, params: Params, cfg: ModelConfig, *, overwrite: bool = Fals
                 "with overwrite=True (remove it yourself or choose another path)"
             )
 
-    import orbax.checkpoint as ocp  # imported here: orbax takes ~1 s to import
-
     flat = _flatten(params)
     manifest = {
         "format": FORMAT,
@@ -100,10 +98,12 @@ def save_model(path, params: Params, cfg: ModelConfig, *, overwrite: bool = Fals
     }
     stored = _unflatten({k: v for k, v in flat.items() if v.size})  # orbax refuses empty arrays
 
+    import orbax.checkpoint as ocp  # imported here: orbax takes ~1 s to import
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        with process_local_checkpointer() as checkpointer:
             checkpointer.save(tmp / _PARAMS, args=ocp.args.StandardSave(stored))
         (tmp / _CONFIG).write_text(cfg.to_json())
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -118,6 +118,23 @@ def save_model(path, params: Params, cfg: ModelConfig, *, overwrite: bool = Fals
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def process_local_checkpointer():
+    """An orbax checkpointer for host arrays that this process alone reads or writes: a
+    model directory is written by one process of a multi-process run (process 0) and
+    read by each on its own, so no process waits for the others."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    if jax.process_count() == 1:
+        return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    me = jax.process_index()
+    options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.Checkpointer(
+        ocp.StandardCheckpointHandler(multiprocessing_options=options),
+        multiprocessing_options=options,
+    )
 
 
 def _read_json(path: Path, what: str):
@@ -157,10 +174,8 @@ def load_model(path) -> tuple[Params, ModelConfig]:
     if not (path / _PARAMS).is_dir():
         raise ValueError(f"{path} is not a complete mechjax checkpoint: {_PARAMS}/ is missing")
 
-    import orbax.checkpoint as ocp
-
     try:
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        with process_local_checkpointer() as checkpointer:
             restored = _flatten(checkpointer.restore(path / _PARAMS))
     except Exception as err:  # orbax/tensorstore raise many kinds; all mean "unreadable"
         raise ValueError(f"could not read the arrays in {path / _PARAMS}: {err}") from err

@@ -8,7 +8,10 @@ Layout of a run's `checkpoints/` folder:
         config.json         {"step": int, "model": ModelConfig.to_dict(), "train": {...}}
 
 A checkpoint is written into `step_XXXXXXXX.partial/` and renamed into place when
-complete, so an interrupted write never leaves a directory that looks finished. The
+complete, so an interrupted write never leaves a directory that looks finished. Sharded
+states are written as they lie (orbax stores each array's pieces and reassembles them
+for whatever devices restore it); with several processes all of them write together and
+process 0 makes, finishes and renames the folder (`mechjax.distributed`). The
 training loop (`mechjax.train.checkpointing`) restores the whole typed state; analyses,
 SAE training and LLC estimation read the parameters alone with `load_checkpoint_params`.
 """
@@ -25,6 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ..distributed import barrier, is_coordinator
 from ..model.config import ModelConfig
 from ..model.params import check_params
 
@@ -62,15 +66,19 @@ def save_checkpoint(root: Path, step: int, state, meta: dict) -> Path:
     if final.exists():
         return final  # the same step is already saved (e.g. Ctrl-C right after a save)
     partial = final.with_name(final.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)  # left by an earlier interrupted write: never a finished checkpoint
-    partial.mkdir(parents=True)
+    if is_coordinator():
+        if partial.exists():
+            shutil.rmtree(partial)  # an earlier interrupted write: never a finished checkpoint
+        partial.mkdir(parents=True)
+    barrier(f"mechjax-checkpoint-{step}-made")
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save((partial / STATE_DIR).absolute(), state)
     checkpointer.wait_until_finished()
     checkpointer.close()
-    (partial / CONFIG_FILE).write_text(json.dumps({"step": step, **meta}, indent=2))
-    os.replace(partial, final)
+    if is_coordinator():
+        (partial / CONFIG_FILE).write_text(json.dumps({"step": step, **meta}, indent=2))
+        os.replace(partial, final)
+    barrier(f"mechjax-checkpoint-{step}-done")
     return final
 
 
@@ -93,11 +101,14 @@ def read_checkpoint_meta(path: Path) -> dict:
 
 
 def restore_checkpoint(path: Path, abstract=None):
-    """The saved state: as the pytree `abstract` (from `jax.eval_shape`) when given, else
-    as nested dicts of arrays."""
+    """The saved state: as the pytree `abstract` (from `jax.eval_shape`; its leaves'
+    shardings say where the arrays go) when given, else as nested dicts of arrays on
+    this process's first device. Either way the devices that saved it do not matter."""
     path = Path(path)
     checkpointer = ocp.StandardCheckpointer()
     try:
+        if abstract is None:
+            abstract = _on_first_device(checkpointer.metadata((path / STATE_DIR).absolute()))
         return checkpointer.restore((path / STATE_DIR).absolute(), abstract)
     except Exception as err:  # orbax raises many types for damaged files
         raise ValueError(
@@ -107,6 +118,17 @@ def restore_checkpoint(path: Path, abstract=None):
         ) from err
     finally:
         checkpointer.close()
+
+
+def _on_first_device(metadata):
+    """A restore target from a checkpoint's metadata: every array on the first local
+    device (orbax would otherwise insist on the devices that saved it)."""
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), tree
+    )
 
 
 def load_checkpoint_params(path: Path, model: int = 0) -> tuple[dict, ModelConfig, int]:

@@ -231,13 +231,16 @@ def weight_bits(params: Params, cfg: ModelConfig) -> Params:
     """`params` for the compiled forward: on a CPU, the big 16-bit leaves that compute
     wider (`cfg.activation_dtype`), namely the blocks' weights, the embedding and the
     unembedding, as uint16 views of the same memory (no copy). Anything else comes back
-    as it was: a traced array, another backend, float32 weights."""
+    as it was: a traced array, an array sharded over several devices, another backend,
+    float32 weights."""
     dtype = jnp.dtype(cfg.activation_dtype)
     if jax.default_backend() != "cpu" or dtype == jnp.dtype(cfg.dtype):
         return params
 
     def bits(w):
         if isinstance(w, jax.core.Tracer) or not is_narrow(w, dtype) or w.size < _BIG:
+            return w
+        if len(w.sharding.device_set) > 1:  # sharded over a mesh: keep it where it lies
             return w
         host = np.asarray(w)  # a view of the CPU buffer
         view = host.view(np.uint16)

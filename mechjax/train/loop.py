@@ -11,6 +11,13 @@ results; `mechjax train` then writes the summary and the report (`mechjax.views`
 
 Nothing a user saved is overwritten: an existing, non-empty directory is resumed (when
 asked) or refused.
+
+On a mesh (`train(..., mesh=make_mesh("data=4"))`) the state and each batch are placed
+as `mechjax.train.state.train_shardings` says and the step runs sharded; evaluations run
+on a gathered copy of the parameters. With several processes (`mechjax.distributed`)
+every process runs this loop on the same data (each keeps its devices' share of each
+batch), orbax writes the checkpoints from all of them together, and process 0 alone
+evaluates and writes the other files. A run saved on one mesh resumes on any other.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..distributed import barrier, is_coordinator, make_mesh
 from ..dynamics.tracking import EvalInputs, Tracker, log_spaced_steps, make_eval_inputs
 from ..io.orbax_io import save_model
 from ..io.runs import (
@@ -37,11 +45,19 @@ from ..io.runs import (
     METRICS_FILE,
     PER_TOKEN_LOSS_FILE,
 )
+from ..model import sharding
 from ..model.config import ModelConfig
 from ..model.transformer import run_with_stream
 from ..version import __version__
 from . import checkpointing
-from .state import TrainConfig, TrainState, init_states, learning_rate_schedule, make_train_step
+from .state import (
+    TrainConfig,
+    TrainState,
+    init_states,
+    learning_rate_schedule,
+    make_train_step,
+    train_shardings,
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -163,6 +179,8 @@ def train(
     on_step=None,
     stop_after: int | None = None,
     finalize: bool = True,
+    mesh=None,
+    fsdp: bool = False,
 ) -> RunResult:
     """Train `len(train_cfg.seeds)` models together, tracking and checkpointing.
 
@@ -170,16 +188,27 @@ def train(
     ends the loop early at that step with a checkpoint (as an interruption would), which
     tests use to check that resuming is bit-identical. `finalize` exports each finished
     model (`final_model/`) and its best induction head's pattern.
+
+    mesh: a `jax.sharding.Mesh` from `mechjax.distributed.make_mesh` to train on
+    several devices (several processes: required, default every device on `data`);
+    `fsdp` splits parameters and optimiser state over its `data` axis too.
     """
     out_dir = Path(out_dir)
     _check_dataset(model_cfg, dataset)
+    if mesh is None and jax.process_count() > 1:
+        mesh = make_mesh("data=-1")
+    if mesh is not None:
+        _check_mesh(mesh, train_cfg)
     ckpt_root = out_dir / CHECKPOINTS_DIR
-    state, start, run_dirs, logs = _open_run(out_dir, model_cfg, train_cfg, dataset, resume)
+    state, start, run_dirs, logs = _open_run(
+        out_dir, model_cfg, train_cfg, dataset, resume, mesh, fsdp
+    )
 
     inputs = make_eval_inputs(dataset, model_cfg, n_eval=train_cfg.eval_batch_size)
     tracker = Tracker(model_cfg, inputs)
     eval_steps, ckpt_steps = schedules(train_cfg)
-    step_fn = make_train_step(model_cfg, train_cfg)
+    shardings = None if mesh is None else train_shardings(state, mesh, fsdp=fsdp)
+    step_fn = make_train_step(model_cfg, train_cfg, shardings)
     data_seeds = train_cfg.data_seeds()
     end = min(train_cfg.steps, stop_after) if stop_after is not None else train_cfg.steps
 
@@ -188,44 +217,70 @@ def train(
     previous_handler = _install_sigint(stop_requested)
     t0 = time.time()
     last = {}
+    done = start
     try:
         if start == 0 and 0 in eval_steps:
-            last = _evaluate(tracker, state, logs, inputs, step=0, tokens_seen=0, wall=0.0,
-                             loss=None, lr=0.0)  # fmt: skip
+            last = _evaluate(tracker, state, logs, inputs, mesh, step=0, tokens_seen=0,
+                             wall=0.0, loss=None, lr=0.0)  # fmt: skip
         for step in range(start, end):
             tokens = np.stack(
                 [dataset.batch(seed, step, train_cfg.batch_size) for seed in data_seeds]
             )
-            state, losses = step_fn(state, jnp.asarray(tokens))
+            batch = (
+                jnp.asarray(tokens) if mesh is None else sharding.place(tokens, shardings.tokens)
+            )
+            state, losses = step_fn(state, batch)
             losses = np.asarray(losses)
             done = step + 1
             if not np.all(np.isfinite(losses)):
                 _diverged(f"the loss became {losses.tolist()} at step {done}", ckpt_root)
             if done in eval_steps:
                 seen = done * train_cfg.batch_size * tokens.shape[-1]
-                last = _evaluate(tracker, state, logs, inputs, step=done, tokens_seen=seen,
+                last = _evaluate(tracker, state, logs, inputs, mesh, step=done, tokens_seen=seen,
                                  wall=time.time() - t0, loss=losses, lr=_lr(train_cfg, done))  # fmt: skip
             if done in ckpt_steps or done == end:
                 # a step's loss is that of the parameters before its update: check the
                 # updated parameters themselves before they become a "good" checkpoint
                 if not _all_finite(state.params):
                     _diverged(f"the parameters became NaN/inf at step {done}", ckpt_root)
-                checkpointing.save_checkpoint(ckpt_root, state, model_cfg, train_cfg)
-            if on_step is not None:
+                checkpointing.save_checkpoint(ckpt_root, state, model_cfg, train_cfg, done)
+            if on_step is not None and is_coordinator():
                 evaluated = done in eval_steps
                 on_step(StepReport(done, start, train_cfg.steps, losses, last, evaluated))
             if stop_requested:
                 if _all_finite(state.params):
-                    checkpointing.save_checkpoint(ckpt_root, state, model_cfg, train_cfg)
+                    checkpointing.save_checkpoint(ckpt_root, state, model_cfg, train_cfg, done)
                 interrupted = True
                 break
     finally:
         signal.signal(signal.SIGINT, previous_handler) if previous_handler is not None else None
 
-    final_step = int(np.asarray(state.step).reshape(-1)[0])
+    final_step = done
     if not interrupted and finalize and final_step == train_cfg.steps:
-        _finalize(state, model_cfg, run_dirs, inputs)
+        _finalize(_host_params(state, mesh), model_cfg, run_dirs, inputs)
     return RunResult(run_dirs, state, final_step, interrupted)
+
+
+def _check_mesh(mesh, train_cfg: TrainConfig) -> None:
+    """Refuse, before anything is written or compiled, a batch the mesh's `data` axis
+    or a number of seeds its `seed` axis does not divide."""
+    if train_cfg.batch_size % mesh.shape["data"]:
+        raise ValueError(
+            f"batch_size {train_cfg.batch_size} is not divisible by the mesh's data axis "
+            f"({mesh.shape['data']}); choose a batch size that is a multiple of it"
+        )
+    if len(train_cfg.seeds) % mesh.shape["seed"]:
+        raise ValueError(
+            f"the mesh's seed axis ({mesh.shape['seed']}) must divide the number of models "
+            f"trained together ({len(train_cfg.seeds)}); choose another mesh or number of seeds"
+        )
+
+
+def _host_params(state: TrainState, mesh):
+    """The parameters of every model as host numpy arrays (gathered from the mesh's
+    devices first: a collective every process joins)."""
+    params = state.params if mesh is None else sharding.gather(state.params, mesh)
+    return jax.tree_util.tree_map(np.asarray, params)
 
 
 def _check_dataset(model_cfg: ModelConfig, dataset) -> None:
@@ -240,10 +295,14 @@ def _check_dataset(model_cfg: ModelConfig, dataset) -> None:
         )
 
 
-def _open_run(out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, dataset, resume):
+def _open_run(
+    out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, dataset, resume, mesh, fsdp
+):
     """The run directory made or resumed: `(state, start step, run_dirs, logs)`, each
-    model's `config.json` written and, when resuming, its records after `start` dropped."""
+    model's `config.json` written and, when resuming, its records after `start` dropped.
+    The state lies on `mesh` when one is given."""
     resuming = _prepare_run_dir(out_dir, resume)
+    barrier("mechjax-run-dir-checked")  # every process has looked before any writes
     multi = len(train_cfg.seeds) > 1
     run_dirs = [out_dir / f"seed_{s}" for s in train_cfg.seeds] if multi else [out_dir]
     run_config = {
@@ -256,22 +315,26 @@ def _open_run(out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, dat
         "mechjax_version": __version__,
     }
     if resuming:
-        state, saved_model, saved_train = _restore_newest_good(out_dir / CHECKPOINTS_DIR)
+        state, saved_model, saved_train, start = _restore_newest_good(
+            out_dir / CHECKPOINTS_DIR, mesh, fsdp
+        )
         if saved_model != model_cfg or saved_train != train_cfg:
             raise ValueError(
                 f"cannot resume {out_dir}: its checkpoints were made with other options. "
                 "Resume with the same options, or start a new --out directory."
             )
-        start = int(np.asarray(state.step).reshape(-1)[0])
     else:
         state, start = init_states(model_cfg, train_cfg), 0
+        if mesh is not None:
+            state = sharding.place(state, train_shardings(state, mesh, fsdp=fsdp).state)
     logs = []
     for run_dir in run_dirs:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(run_dir / CONFIG_FILE, json.dumps(run_config, indent=2))
         log = _RunLog(run_dir)
-        if resuming:
-            log.truncate_after(start)
+        if is_coordinator():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(run_dir / CONFIG_FILE, json.dumps(run_config, indent=2))
+            if resuming:
+                log.truncate_after(start)
         logs.append(log)
     return state, start, run_dirs, logs
 
@@ -285,14 +348,16 @@ def _diverged(what: str, ckpt_root: Path):
     )
 
 
-def _restore_newest_good(ckpt_root: Path):
-    """The newest checkpoint that restores. A damaged one (an interrupted write the
+def _restore_newest_good(ckpt_root: Path, mesh, fsdp: bool):
+    """`(state, model config, train config, step)` of the newest checkpoint that
+    restores, placed on `mesh` when given. A damaged one (an interrupted write the
     rename did not protect, a disk error) is renamed `step_XXXXXXXX.damaged` — kept, not
     deleted — with a warning, and the one before it is tried."""
     for step in reversed(checkpointing.list_checkpoints(ckpt_root)):
         path = checkpointing.checkpoint_dir(ckpt_root, step)
         try:
-            return checkpointing.load_checkpoint(path)
+            state, model_cfg, train_cfg = checkpointing.load_checkpoint(path, mesh, fsdp=fsdp)
+            return state, model_cfg, train_cfg, step
         except ValueError as err:
             aside = path.with_name(path.name + ".damaged")
             n = 1
@@ -309,22 +374,33 @@ def _restore_newest_good(ckpt_root: Path):
     )
 
 
+@jax.jit
+def _finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)]))
+
+
 def _all_finite(tree) -> bool:
-    return all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree_util.tree_leaves(tree))
+    """Whether every entry of `tree` is finite (one scalar leaves the devices)."""
+    return bool(_finite(tree))
 
 
 def _lr(train_cfg: TrainConfig, step: int) -> float:
     return float(learning_rate_schedule(train_cfg)(step))
 
 
-def _model(state: TrainState, i: int):
-    return jax.tree_util.tree_map(lambda x: x[i], state.params)
+def _model(params, i: int):
+    return jax.tree_util.tree_map(lambda x: x[i], params)
 
 
-def _evaluate(tracker, state, logs, inputs, *, step, tokens_seen, wall, loss, lr) -> dict:
+def _evaluate(tracker, state, logs, inputs, mesh, *, step, tokens_seen, wall, loss, lr) -> dict:
+    """Evaluate every model and append the records (process 0 only: the others gather
+    the parameters with it and go on)."""
+    params = state.params if mesh is None else _host_params(state, mesh)
+    if not is_coordinator():
+        return {}
     last = {}
     for i, log in enumerate(logs):
-        record, pca = tracker.evaluate(_model(state, i))
+        record, pca = tracker.evaluate(_model(params, i))
         record = {
             "step": step,
             "tokens_seen": int(tokens_seen),
@@ -357,15 +433,15 @@ def _install_sigint(flag: list):
         return None
 
 
-def _finalize(
-    state: TrainState, model_cfg: ModelConfig, run_dirs: list[Path], inputs: EvalInputs
-) -> None:
-    """Export each model and its best induction head's pattern."""
+def _finalize(params, model_cfg: ModelConfig, run_dirs: list[Path], inputs: EvalInputs) -> None:
+    """Export each model and its best induction head's pattern (process 0 writes)."""
+    if not is_coordinator():
+        return
     for i, run_dir in enumerate(run_dirs):
-        params = _model(state, i)
-        save_model(run_dir / FINAL_MODEL_DIR, params, model_cfg)
+        params_i = _model(params, i)
+        save_model(run_dir / FINAL_MODEL_DIR, params_i, model_cfg)
         if model_cfg.n_layers:
-            _save_best_pattern(params, model_cfg, run_dir, inputs)
+            _save_best_pattern(params_i, model_cfg, run_dir, inputs)
 
 
 def _save_best_pattern(params, model_cfg, run_dir: Path, inputs: EvalInputs) -> None:

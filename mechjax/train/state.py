@@ -4,6 +4,15 @@ The step is `optax` AdamW behind global-norm clipping, with a linear warm-up fol
 a cosine / linear / constant schedule. Several models of the same shape (seeds or
 configurations) train together as one compiled step: every state carries a leading
 `model` axis and the step is `jit(vmap(update))`.
+
+On a mesh (`mechjax.distributed.make_mesh`) the step is the same program with sharded
+inputs: the batch split over the mesh's `data` axis, the models over `seed`, each
+parameter and its Adam moments replicated or, with `fsdp`, split as
+`mechjax.model.sharding` says. XLA inserts the gradient all-reduce.
+
+`precision="bfloat16"` trains in mixed precision: the float32 parameters stay the
+master copy the optimiser updates; the forward and backward run on a bfloat16 copy
+(softmax and the loss in float32, as always), and the gradients come back float32.
 """
 
 from __future__ import annotations
@@ -17,13 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh, NamedSharding
 
+from ..model import sharding
 from ..model.checks import check_fields
 from ..model.config import ModelConfig
 from ..model.losses import mean_loss
 from ..model.params import init_params
 
 SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +58,7 @@ class TrainConfig:
     n_log_checkpoints: int = 20  # log-spaced checkpoints (dense early)
     checkpoint_every: int = 1000  # plus periodic ones
     eval_batch_size: int = 256  # fixed held-out examples: eval loss, ICL score and PCA vectors
+    precision: str = "float32"  # "bfloat16": mixed precision, float32 master weights
 
     def __post_init__(self):
         check_fields(self, "TrainConfig")
@@ -59,6 +72,8 @@ class TrainConfig:
             problems.append(f"warmup_steps must be >= 0 (got {self.warmup_steps})")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule {self.schedule!r} is unknown; choose one of {SCHEDULES}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision {self.precision!r} is unknown; choose one of {PRECISIONS}")
         if not self.seeds:
             problems.append("seeds is empty; give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
@@ -151,12 +166,33 @@ def init_states(model_cfg: ModelConfig, train_cfg: TrainConfig) -> TrainState:
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
 
 
+def training_loss(model_cfg: ModelConfig, train_cfg: TrainConfig):
+    """`loss(params, tokens [batch, pos]) -> scalar`: the mean next-token loss, in mixed
+    precision when `train_cfg.precision` asks (the parameters cast to bfloat16 inside,
+    so gradients flow back to the float32 master copy in float32)."""
+    if train_cfg.precision == "float32":
+        return lambda params, tokens: mean_loss(params, tokens, model_cfg)
+    if model_cfg.dtype != "float32":
+        raise ValueError(
+            f"precision={train_cfg.precision!r} keeps float32 master weights: the model's "
+            f"dtype must be float32 (got {model_cfg.dtype!r})"
+        )
+    half_cfg = model_cfg.replace(dtype="bfloat16", compute_dtype="bfloat16")
+
+    def loss(params, tokens):
+        half = jax.tree_util.tree_map(lambda w: w.astype(jnp.bfloat16), params)
+        return mean_loss(half, tokens, half_cfg)
+
+    return loss
+
+
 def make_update(model_cfg: ModelConfig, train_cfg: TrainConfig):
     """`update(state, tokens [batch, pos]) -> (state, loss)` for one model (traceable)."""
     optimizer = make_optimizer(train_cfg)
+    loss_fn = training_loss(model_cfg, train_cfg)
 
     def update(state: TrainState, tokens: jax.Array):
-        loss, grads = jax.value_and_grad(mean_loss)(state.params, tokens, model_cfg)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, opt_state, state.step + 1, state.rng), loss
@@ -164,7 +200,42 @@ def make_update(model_cfg: ModelConfig, train_cfg: TrainConfig):
     return update
 
 
-def make_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig):
+def make_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig, shardings=None):
     """`step(states, tokens [model, batch, pos]) -> (states, losses [model])`, one compiled
-    call for every model. The input states' buffers are donated (updated in place)."""
-    return jax.jit(jax.vmap(make_update(model_cfg, train_cfg)), donate_argnums=0)
+    call for every model. The input states' buffers are donated (updated in place).
+
+    shardings: `TrainShardings` to run on a mesh (the states and tokens must already
+    lie as they say, `mechjax.model.sharding.place`); the losses come back replicated,
+    readable on every process."""
+    update = jax.vmap(make_update(model_cfg, train_cfg))
+    if shardings is None:
+        return jax.jit(update, donate_argnums=0)
+    return jax.jit(
+        update,
+        donate_argnums=0,
+        in_shardings=(shardings.state, shardings.tokens),
+        out_shardings=(shardings.state, sharding.replicated(shardings.mesh)),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainShardings:
+    """Where a training state and its batches lie on `mesh`."""
+
+    mesh: Mesh
+    state: Any  # a TrainState of NamedShardings
+    tokens: NamedSharding  # [model, batch, pos]
+
+
+def train_shardings(state_like, mesh: Mesh, *, fsdp: bool = False) -> TrainShardings:
+    """Shardings for states shaped like `state_like` (arrays or `jax.eval_shape`
+    structs): the `model` axis over the mesh's `seed` axis, parameters and Adam moments
+    replicated over `data` or, with `fsdp`, split over it (`mechjax.model.sharding`)."""
+    n_models = len(jax.tree_util.tree_leaves(state_like.params)[0])
+    if n_models % mesh.shape["seed"]:
+        raise ValueError(
+            f"the mesh's seed axis ({mesh.shape['seed']}) must divide the number of models "
+            f"trained together ({n_models}); choose another mesh or number of seeds"
+        )
+    state = sharding.stacked_shardings(state_like, state_like.params, mesh, fsdp=fsdp)
+    return TrainShardings(mesh, state, sharding.batch_sharding(mesh, 3, seed_axis=True))
