@@ -15,7 +15,7 @@ from ..compilation_cache import enable_from_env
 from ..distributed import initialize
 
 # subcommand modules, in the order `mechjax --help` lists them
-COMMANDS = ("train", "compare", "report", "analyze")
+COMMANDS = ("train", "compare", "report", "analyze", "llc")
 
 
 def build_parser() -> argparse.ArgumentParser:
