@@ -225,8 +225,8 @@ def test_command_line_llc_over_a_runs_checkpoints(tmp_path, capsys):
 
     run = tmp_path / "run"
     code = cli_main([
-        "--no-compilation-cache", "train", "--preset", "attn2-synthetic", "--steps", "4",
-        "--n-evals", "2", "--no-progress", "--layers", "1", "--d-model", "16",
+        "--no-compilation-cache", "train", "--preset", "attn2-synthetic", "--steps", "8",
+        "--n-evals", "6", "--no-progress", "--layers", "1", "--d-model", "16",
         "--set", "train.eval_batch_size=8", "--set", "train.checkpoint_every=0",
         "--set", "train.n_log_checkpoints=2", "--out", str(run),
     ])  # fmt: skip
@@ -238,9 +238,15 @@ def test_command_line_llc_over_a_runs_checkpoints(tmp_path, capsys):
     from mechjax.dynamics.model_llc import read_llc_records
 
     sampler, records = read_llc_records(run)
-    assert records and records[-1]["step"] == 4
+    assert records and records[-1]["step"] == 8
     assert sampler["n_draws"] == 10 and all(np.isfinite(r["llc_mean"]) for r in records)
     assert cli_main(args) == 0 and (run / "llc.jsonl.old").is_file()  # the first kept
+    # the run report and the comparison gain the LLC panels
+    assert cli_main(["report", str(run)]) == 0
+    assert (run / "fig_llc.png").is_file() and "fig_llc.png" in (run / "report.html").read_text()
+    assert (run / "fig_essential_dynamics.png").is_file()
+    assert cli_main(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "compare_llc.png").is_file()
     capsys.readouterr()
     assert cli_main(["llc", str(tmp_path / "nope")]) == 2
     assert "is not a run directory" in capsys.readouterr().err

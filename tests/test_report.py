@@ -284,7 +284,8 @@ def test_build_report_is_self_contained(tmp_path):
     text = out.read_text()
     images = embedded_images(text)
     pngs = sorted(path.glob("fig_*.png"))
-    assert len(pngs) == 7 and len(images) == 7
+    # loss, ICL, two head-score maps, loss by position, pattern, PCA, essential dynamics
+    assert len(pngs) == 8 and len(images) == 8
     assert all(image.startswith(PNG_MAGIC) for image in images)
     assert sorted(images) == sorted(p.read_bytes() for p in pngs)
     assert not re.search(r"(src|href)=['\"](?!data:)", text)  # nothing fetched from outside

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dynamics.essential import essential_dynamics
+from ..dynamics.model_llc import LLC_FILE, read_llc_records
 from ..dynamics.pca import PCAResult, per_token_loss_pca
 from ..dynamics.phase import PhaseChangeResult, phase_change_candidate
 from ..io.runs import HEAD_SCORES, SUMMARY_FILE, Run, find_runs, load_run
@@ -49,6 +51,8 @@ REPORT_FIGURES = {
     "loss_by_position": "fig_loss_by_position.png",
     "pattern": "fig_induction_pattern.png",
     "pca": "fig_pca.png",
+    "llc": "fig_llc.png",
+    "essential": "fig_essential_dynamics.png",
 }
 COMPARE_FILE = "compare.html"
 COMPARE_JSON = "compare.json"
@@ -57,6 +61,7 @@ COMPARE_FIGURES = {
     "icl": "compare_icl.png",
     "induction": "compare_best_induction.png",
     "pca": "compare_pca.png",
+    "llc": "compare_llc.png",
 }
 
 
@@ -207,6 +212,13 @@ def build_report(run_dir: str | Path) -> Path:
     if pca is not None:
         steps, labels = [run.per_token_loss.steps], [run.label]
         add("pca", "Per-token-loss PCA trajectory", plots.plot_pca, pca, steps, labels, [phase])
+    records = _llc_records(run)
+    if records:
+        add("llc", "Local learning coefficient over training", plots.plot_llc, run, records, phase)
+    ed = _essential_dynamics(run, records)
+    if ed is not None:
+        caption = "Essential dynamics of the per-token losses (stage boundaries proposed)"
+        add("essential", caption, plots.plot_essential_dynamics, ed, phase)
 
     body = [
         section("Summary", _summary_table(summary)),
@@ -218,6 +230,28 @@ def build_report(run_dir: str | Path) -> Path:
     out = run.path / REPORT_FILE
     out.write_text(page(title, _run_description(run), body, "report"))
     return out
+
+
+def _llc_records(run: Run) -> list[dict]:
+    """The run's `llc.jsonl` records (`mechjax llc`), or none."""
+    if not (run.path / LLC_FILE).is_file():
+        return []
+    return read_llc_records(run.path)[1]
+
+
+def _essential_dynamics(run: Run, records: list[dict]):
+    """Essential dynamics of the stored per-token losses (steps > 0), with the LLC's
+    critical points when `mechjax llc` has run; None with too few evaluations."""
+    losses = run.per_token_loss
+    if losses is None:
+        return None
+    keep = losses.steps > 0
+    if keep.sum() < 4:
+        return None
+    llc = None
+    if len(records) >= 4:
+        llc = ([r["step"] for r in records], [r["llc_mean"] for r in records])
+    return essential_dynamics(losses.steps[keep], losses.losses[keep], llc=llc)
 
 
 def _single_run_pca(run: Run) -> PCAResult | None:
@@ -382,6 +416,12 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
             path,
         )
         figures.append(("Per-token-loss PCA, shared basis", path))
+
+    records = [_llc_records(r) for r in runs]
+    if any(records):
+        path = out_dir / COMPARE_FIGURES["llc"]
+        plots.plot_llc_overlay(runs, records, phases, path)
+        figures.append(("Local learning coefficient over training", path))
 
     record = {
         "generator": f"{GENERATOR} compare",

@@ -337,3 +337,93 @@ def plot_overlay(
     _legend(ax)
     ax.set_title(title or f"{ylabel} (dotted: steepest point of each phase change)")
     return finish_figure(fig, path)
+
+
+def plot_llc(
+    run: Run, records: Sequence[dict], phase: PhaseChangeResult | None = None, path=None
+) -> Figure:
+    """The LLC at each checkpoint (± one standard error over chains; `mechjax llc`'s
+    records) on a log step axis, the best induction and previous-token scores of the
+    same run on a second axis, the phase-change band shaded."""
+    steps = np.asarray([r["step"] for r in records], np.float64)
+    llc = np.asarray([r["llc_mean"] for r in records], np.float64)
+    se = np.asarray([r["llc_se"] for r in records], np.float64)
+    steps, llc, se = _positive(steps, llc, se)
+    if len(steps) == 0:
+        raise ValueError(f"run {run.label!r} has no LLC record after step 0 to draw")
+    fig, ax = new_figure()
+    ax.fill_between(steps, llc - se, llc + se, color="tab:blue", alpha=0.2, lw=0)
+    ax.plot(steps, llc, "o-", color="tab:blue", ms=3, label="LLC (± se)")
+    ax.set_ylabel("local learning coefficient")
+    _band(ax, phase)
+    twin = ax.twinx()
+    for score, color in (("induction", "tab:red"), ("previous_token", "tab:green")):
+        values = run.series(score)
+        if values is None or values.ndim != 3 or values[0].size == 0:
+            continue
+        s, best = _positive(run.steps, values.reshape(len(values), -1).max(axis=1))
+        twin.plot(s, best, color=color, lw=1, alpha=0.8, label=f"best {score.replace('_', '-')}")
+    twin.set_ylabel("head score")
+    twin.set_ylim(0, 1.05)
+    handles = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    if handles[0] or more[0]:
+        ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, loc="upper left")
+    _step_axis(ax)
+    ax.set_title(f"LLC over training — {run.label}")
+    return finish_figure(fig, path)
+
+
+def plot_essential_dynamics(ed, phase: PhaseChangeResult | None = None, path=None) -> Figure:
+    """The essential-dynamics trajectory (`dynamics.essential.EssentialDynamics`) in its
+    first two components, coloured by step, turning points circled and stage boundaries
+    listed; checkpoints inside the phase-change window drawn larger."""
+    fig, ax = new_figure()
+    points = ed.smoothed[:, :2] if ed.smoothed.shape[1] > 1 else np.c_[ed.smoothed, 0 * ed.steps]
+    ax.plot(points[:, 0], points[:, 1], color="0.6", lw=1, zorder=1)
+    inside = (
+        np.zeros(len(ed.steps), bool)
+        if phase is None
+        else (ed.steps >= phase.start) & (ed.steps <= phase.end)
+    )
+    dots = ax.scatter(
+        points[:, 0], points[:, 1], c=ed.steps, cmap=colormap("viridis"), norm=LogNorm(),
+        s=np.where(inside, 40, 14), zorder=2,
+    )  # fmt: skip
+    for step in ed.turning_points:
+        i = int(np.argmin(np.abs(ed.steps - step)))
+        ax.scatter(*points[i], s=140, facecolors="none", edgecolors="k", zorder=3)
+        ax.annotate(f"{step:,}", points[i], textcoords="offset points", xytext=(6, 6), fontsize=7)
+    fig.colorbar(dots, ax=ax, label="training step")
+    ratio = ed.explained_variance_ratio
+    ax.set_xlabel(f"PC1 ({ratio[0]:.0%})")
+    if len(ratio) > 1:
+        ax.set_ylabel(f"PC2 ({ratio[1]:.0%})")
+    stages = ", ".join(f"{b['step']:,} ({b['evidence']})" for b in ed.stage_boundaries)
+    ax.set_title("Essential dynamics" + (f": boundaries at {stages}" if stages else ""), fontsize=9)
+    return finish_figure(fig, path)
+
+
+def plot_llc_overlay(
+    runs: Sequence[Run],
+    records: Sequence[Sequence[dict]],
+    phases: Sequence[PhaseChangeResult | None],
+    path=None,
+) -> Figure:
+    """The LLC over training of several runs (`mechjax llc`'s records per run; runs
+    without any are left out), each run's steepest phase-change point dotted."""
+    fig, ax = new_figure()
+    for i, (run, recs, phase) in enumerate(zip(runs, records, phases)):
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        if recs:
+            steps = np.asarray([r["step"] for r in recs], np.float64)
+            llc = np.asarray([r["llc_mean"] for r in recs], np.float64)
+            steps, llc = _positive(steps, llc)
+            ax.plot(steps, llc, "o-", ms=2.5, lw=1.3, color=color, label=run.label)
+        if phase is not None:
+            ax.axvline(phase.steepest, color=color, ls=":", lw=1.2)
+    _step_axis(ax)
+    ax.set_ylabel("local learning coefficient")
+    _legend(ax)
+    ax.set_title("LLC over training (dotted: steepest point of each phase change)")
+    return finish_figure(fig, path)
