@@ -3,6 +3,8 @@ own formula, and its refined / vmapped / calibrated forms."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +21,8 @@ from mechjax.dynamics.llc import (
     sgld_update,
 )
 from mechjax.dynamics.model_llc import head_masks, model_llc, refined_head_llcs, weight_mask
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def linear_regression(d=4, n=1000, seed=0):
@@ -250,3 +254,53 @@ def test_command_line_llc_over_a_runs_checkpoints(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(["llc", str(tmp_path / "nope")]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_agrees_with_devinterp_on_a_trained_toy(tmp_path):
+    """The same trained 1-layer toy (converted to TransformerLens), the same sequences,
+    step size, nβ, γ, chains and draws: the two estimates agree within three combined
+    standard errors of their chains (devinterp's own init-loss batches and shuffling
+    differ from ours, so only the statistics can match)."""
+    pytest.importorskip("devinterp")
+    datasets = pytest.importorskip("datasets")
+    import warnings
+
+    from devinterp.slt.llc import llc as devinterp_llc
+
+    from mechjax.io import load_model
+    from mechjax.io.transformer_lens import to_hooked_transformer
+
+    params, cfg = load_model(ROOT / "checkpoints" / "attn1")
+    tokens = _attn_sequences(cfg, n=256, length=32)
+    eps, gamma, m, chains, draws = 1e-4, 100.0, 16, 4, 100
+    nbeta = m / np.log(m)
+    ours = model_llc(params, cfg, tokens, jax.random.key(0), SGLDConfig(
+        step_size=eps, nbeta=nbeta, localization=gamma, n_chains=chains, n_draws=draws,
+        batch_size=m,
+    ))  # fmt: skip
+    data = datasets.Dataset.from_dict({"input_ids": tokens.tolist()}).with_format("torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = devinterp_llc(
+            to_hooked_transformer(params, cfg), data, {}, lr=eps, n_beta=nbeta,
+            localization=gamma, num_chains=chains, num_draws=draws, batch_size=m,
+            output_path=str(tmp_path / "samples.zarr"), device="cpu",
+        )  # fmt: skip
+    their_chains = np.asarray(theirs.llc_per_chain.values, np.float64)
+    their_se = their_chains.std(ddof=1) / np.sqrt(chains)
+    combined = np.hypot(ours.llc_se, their_se)
+    assert ours.llc_mean > 0 and their_chains.mean() > 0
+    assert abs(ours.llc_mean - their_chains.mean()) < 3 * combined, (
+        ours.summary(),
+        their_chains,
+    )
+
+
+def _attn_sequences(cfg, n: int, length: int) -> np.ndarray:
+    """Held-out sequences of the data the shipped toys were trained on (their preset)."""
+    from mechjax.train import build_from_spec
+    from toy_models import load_preset
+
+    _, _, dataset = build_from_spec(load_preset("attn1"))
+    tokens = np.asarray(dataset.eval_batches(-(-n // 16), 16)).reshape(-1, dataset.n_ctx)
+    return tokens[:n, :length]

@@ -142,7 +142,7 @@ class LLCResult:
             f"LLC {self.llc_mean:.3f} ± {self.llc_se:.3f} (se over {self.config.n_chains} "
             f"chains; ε={self.config.step_size:g}, nβ={self.config.resolved_nbeta:.3g}, "
             f"γ={self.config.localization:g}, {self.config.n_draws} draws); mean acceptance "
-            f"{float(np.nanmean(self.acceptance)) if self.acceptance.size else float('nan'):.2f}"
+            f"{mean_acceptance(self):.2f}"
         )
         return "\n".join([text, *(f"warning: {w}" for w in self.warnings)])
 
@@ -421,6 +421,13 @@ def _result(traces: dict, init_loss: float, config: SGLDConfig) -> LLCResult:
     return result
 
 
+def mean_acceptance(result: LLCResult) -> float:
+    """The mean MALA acceptance over chains and steps; NaN when it was not estimated
+    (`mala=False`) or every move produced NaN."""
+    finite = result.acceptance[np.isfinite(result.acceptance)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
 def trace_health(excess: np.ndarray) -> dict[str, np.ndarray]:
     """Per chain, from the draws' excess losses `[chain, draw]` (loss − reference):
     `finite`, `exploded` (a draw above EXPLODE_FACTOR × the median excess, once that
@@ -481,9 +488,9 @@ def diagnose(result: LLCResult) -> list[str]:
             f"{health['drift']:+.0%} of the mean excess loss): take more draws or burn-in, "
             "or raise localization"
         )
-    if result.acceptance.size and np.nanmean(result.acceptance) < LOW_ACCEPTANCE:
+    if mean_acceptance(result) < LOW_ACCEPTANCE:
         found.append(
-            f"mean MALA acceptance {np.nanmean(result.acceptance):.2f} < {LOW_ACCEPTANCE}: "
+            f"mean MALA acceptance {mean_acceptance(result):.2f} < {LOW_ACCEPTANCE}: "
             "the step size is large for this landscape; lower step_size"
         )
     return found
@@ -564,7 +571,7 @@ def calibrate(
         results[(float(e), float(b), float(c))] = result
         means.append(result.llc_mean)
         ses.append(result.llc_se)
-        accept.append(float(np.nanmean(result.acceptance)) if result.acceptance.size else 1.0)
+        accept.append(mean_acceptance(result))
         stable.append(is_stable(result))
     llc_mean, stable = np.reshape(means, shape), np.reshape(stable, shape)
     chosen = choose_setting(eps, nbetas, gammas, llc_mean, stable)
@@ -579,13 +586,13 @@ def is_stable(result: LLCResult) -> bool:
     LOW_ACCEPTANCE: a setting whose chains sampled the local posterior."""
     draws = slice(result.config.n_burnin, None)
     health = trace_health(result.loss_trace[:, draws] - result.reference_trace[:, draws])
-    acceptance = float(np.nanmean(result.acceptance)) if result.acceptance.size else 1.0
+    acceptance = mean_acceptance(result)
     return bool(
         health["finite"].all()
         and not health["exploded"].any()
         and abs(health["drift"]) <= DRIFT_FRACTION
         and result.llc_mean > 0
-        and acceptance >= LOW_ACCEPTANCE
+        and not acceptance < LOW_ACCEPTANCE
     )
 
 

@@ -33,6 +33,7 @@ from .llc import (
     SGLDConfig,
     estimate_llc,
     estimate_llcs,
+    mean_acceptance,
     refined_llc,
 )
 
@@ -160,7 +161,7 @@ def _record(step: int, result: LLCResult) -> dict:
         "llc_std": result.llc_std,
         "llc_per_chain": [float(x) for x in result.llc_per_chain],
         "init_loss": result.init_loss,
-        "acceptance": float(np.nanmean(result.acceptance)) if result.acceptance.size else None,
+        "acceptance": None if np.isnan(mean_acceptance(result)) else mean_acceptance(result),
         "mean_loss_trace": [float(x) for x in result.loss_trace.mean(axis=0)],
         "warnings": result.warnings,
     }
