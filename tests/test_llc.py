@@ -304,3 +304,14 @@ def _attn_sequences(cfg, n: int, length: int) -> np.ndarray:
     _, _, dataset = build_from_spec(load_preset("attn1"))
     tokens = np.asarray(dataset.eval_batches(-(-n // 16), 16)).reshape(-1, dataset.n_ctx)
     return tokens[:n, :length]
+
+
+def test_calibration_figure(tmp_path):
+    from mechjax.views.training import plot_calibration
+
+    loss, params, data, _ = linear_regression(d=2, n=200)
+    config = SGLDConfig(n_chains=2, n_draws=100, batch_size=32)
+    cal = calibrate(loss, params, data, jax.random.key(0), [1e-4, 1e-3, 1.0], [20.0, 40.0],
+                    [1.0], config)  # fmt: skip
+    plot_calibration(cal, tmp_path / "cal.png")
+    assert (tmp_path / "cal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

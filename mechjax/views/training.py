@@ -427,3 +427,37 @@ def plot_llc_overlay(
     _legend(ax)
     ax.set_title("LLC over training (dotted: steepest point of each phase change)")
     return finish_figure(fig, path)
+
+
+def plot_calibration(calibration, path=None) -> Figure:
+    """An LLC calibration grid (`dynamics.llc.calibrate`): the estimate (± se) against
+    the step size, one line per (nβ, γ); stable settings filled, unstable ones hollow,
+    the chosen setting circled. The rule picks the middle of the longest flat run of
+    stable step sizes."""
+    fig, ax = new_figure()
+    eps = calibration.step_sizes
+    for j, nbeta in enumerate(calibration.nbetas):
+        for k, gamma in enumerate(calibration.localizations):
+            i = j * len(calibration.localizations) + k
+            color = RUN_COLORS[i % len(RUN_COLORS)]
+            llc, se = calibration.llc_mean[:, j, k], calibration.llc_se[:, j, k]
+            stable = calibration.stable[:, j, k]
+            ok = np.isfinite(llc)
+            ax.errorbar(eps[ok], llc[ok], yerr=se[ok], color=color, lw=1, capsize=2,
+                        label=f"nβ={nbeta:.3g}, γ={gamma:g}")  # fmt: skip
+            ax.scatter(eps[ok & stable], llc[ok & stable], color=color, s=25, zorder=3)
+            ax.scatter(eps[ok & ~stable], llc[ok & ~stable], facecolors="white",
+                       edgecolors=color, s=25, zorder=3)  # fmt: skip
+    if calibration.chosen is not None:
+        e, b, g = calibration.chosen
+        i = list(eps).index(e)
+        j, k = list(calibration.nbetas).index(b), list(calibration.localizations).index(g)
+        ax.scatter([e], [calibration.llc_mean[i, j, k]], s=160, facecolors="none",
+                   edgecolors="k", zorder=4, label=f"chosen ε={e:g}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("SGLD step size ε")
+    ax.set_ylabel("LLC estimate")
+    ax.grid(True, which="major", alpha=0.3)
+    _legend(ax)
+    ax.set_title("LLC calibration (filled: stable traces; hollow: unstable)")
+    return finish_figure(fig, path)
