@@ -236,6 +236,10 @@ def test_command_line_llc_over_a_runs_checkpoints(tmp_path, capsys):
     ])  # fmt: skip
     assert code == 0
     capsys.readouterr()
+    import json
+
+    recorded = json.loads((run / "config.json").read_text())["data"]["spec"]
+    assert recorded["name"] == "repeated"  # the registry name, not the dataset's label
     args = ["--no-compilation-cache", "llc", str(run), "--draws", "10", "--chains", "2",
             "--sequences", "32", "--batch-size", "8"]  # fmt: skip
     assert cli_main(args) == 0

@@ -1,7 +1,7 @@
 """`mechjax llc RUN`: the local learning coefficient at every checkpoint of a run.
 
-The run's dataset is rebuilt from its `config.json` (the options `mechjax train`
-recorded) or from `--data NAME --set data.FIELD=VALUE`; `--sequences` held-out
+The run's dataset is rebuilt from its `config.json` (the name and options `mechjax
+train` recorded) or from `--data NAME --set data.FIELD=VALUE`; `--sequences` held-out
 sequences (the dataset's `eval_batches`) are the data the LLC is measured on. Every
 checkpoint is sampled in one compiled call (`mechjax.dynamics.model_llc`), and the
 records go to `RUN/llc.jsonl` (an existing one is kept as `llc.jsonl.old` first).
@@ -121,9 +121,11 @@ def _dataset(run: Path, args):
             except json.JSONDecodeError:
                 options[key[len("data.") :]] = value
         return make_dataset(args.data, **options)
-    if "options" not in data:
+    if "spec" not in data:
         raise ValueError(
-            f"{run}/config.json does not record its dataset's options (run made from Python "
-            "or by an older mechjax): give --data NAME and its options with --set data.FIELD=VALUE"
+            f"{run}/config.json does not record how its dataset was made (run made from "
+            "Python or by an older mechjax): give --data NAME and its options with --set "
+            "data.FIELD=VALUE"
         )
-    return make_dataset(data["name"], **data["options"])
+    options = dict(data["spec"])
+    return make_dataset(options.pop("name"), **options)

@@ -191,7 +191,7 @@ def run(args) -> int:
                 on_step=on_step,
                 mesh=mesh,
                 fsdp=args.fsdp,
-                data_options={k: v for k, v in spec["data"].items() if k != "name"},
+                data_spec=dict(spec["data"]),
             )
         except TrainingDiverged as err:
             bar.close()

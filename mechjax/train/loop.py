@@ -181,7 +181,7 @@ def train(
     finalize: bool = True,
     mesh=None,
     fsdp: bool = False,
-    data_options: dict | None = None,
+    data_spec: dict | None = None,
 ) -> RunResult:
     """Train `len(train_cfg.seeds)` models together, tracking and checkpointing.
 
@@ -193,9 +193,9 @@ def train(
     mesh: a `jax.sharding.Mesh` from `mechjax.distributed.make_mesh` to train on
     several devices (several processes: required, default every device on `data`);
     `fsdp` splits parameters and optimiser state over its `data` axis too.
-    data_options: the options the dataset was made with (`make_dataset(name,
-    **options)`), recorded in `config.json` so later analyses (`mechjax llc`) can
-    rebuild it.
+    data_spec: how the dataset was made, `{"name": registry name, **options}`
+    (`make_dataset(name, **options)`), recorded in `config.json` so later analyses
+    (`mechjax llc`) can rebuild it.
     """
     out_dir = Path(out_dir)
     _check_dataset(model_cfg, dataset)
@@ -205,7 +205,7 @@ def train(
         _check_mesh(mesh, train_cfg)
     ckpt_root = out_dir / CHECKPOINTS_DIR
     state, start, run_dirs, logs = _open_run(
-        out_dir, model_cfg, train_cfg, dataset, resume, mesh, fsdp, data_options
+        out_dir, model_cfg, train_cfg, dataset, resume, mesh, fsdp, data_spec
     )
 
     inputs = make_eval_inputs(dataset, model_cfg, n_eval=train_cfg.eval_batch_size)
@@ -307,7 +307,7 @@ def _open_run(
     resume,
     mesh,
     fsdp,
-    data_options=None,
+    data_spec=None,
 ):
     """The run directory made or resumed: `(state, start step, run_dirs, logs)`, each
     model's `config.json` written and, when resuming, its records after `start` dropped.
@@ -322,7 +322,7 @@ def _open_run(
         "data": {
             "name": getattr(dataset, "name", type(dataset).__name__),
             "description": dataset.describe(),
-            **({} if data_options is None else {"options": data_options}),
+            **({} if data_spec is None else {"spec": data_spec}),
         },
         "mechjax_version": __version__,
     }
