@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import mechjax as mj
+from mechjax.dynamics.calibration import calibrate
 from mechjax.dynamics.llc import (
     SGLDConfig,
-    calibrate,
     estimate_llc,
     estimate_llcs,
     refined_llc,

@@ -430,7 +430,7 @@ def plot_llc_overlay(
 
 
 def plot_calibration(calibration, path=None) -> Figure:
-    """An LLC calibration grid (`dynamics.llc.calibrate`): the estimate (± se) against
+    """An LLC calibration grid (`dynamics.calibration.calibrate`): the estimate (± se) against
     the step size, one line per (nβ, γ); stable settings filled, unstable ones hollow,
     the chosen setting circled. The rule picks the middle of the longest flat run of
     stable step sizes."""
